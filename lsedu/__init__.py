@@ -1,0 +1,81 @@
+"""lsedu: model merging, from model soups to Localize-and-Stitch.
+
+The library behind the lsedu book. Every merge is a pure function over state
+dicts (``dict[str, torch.Tensor]``): inputs are never modified and a new state
+dict is returned. Modules follow the book's chapters:
+
+=====================  ===============================================  ========
+module                 what                                             notebook
+=====================  ===============================================  ========
+``task_vectors``       ``TaskVector``, ``select``, ``cosine_similarity``  00, 03
+``soups``              ``uniform_soup``, ``greedy_soup``                 02
+``task_arithmetic``    ``task_arithmetic``, ``pick_lambda``              03
+``ties``               ``trim``, ``elect_sign``, ``disjoint_mean``,      04
+                       ``ties_merge``
+``dare``               ``dare``, ``dare_merge``                          04
+``localize_stitch``    ``localize_dataless``, ``localize_trained``,      05
+                       ``stitch``
+``analysis``           ``mask_overlap``, ``density_per_layer``,          04, 05
+                       ``sign_conflicts``, ``storage``
+``topk``               exact global top-k in O(largest tensor) memory    04, 05
+=====================  ===============================================  ========
+"""
+
+from .analysis import (
+    Overlap,
+    SignConflicts,
+    Storage,
+    density,
+    density_per_layer,
+    density_per_tensor,
+    mask_overlap,
+    sign_conflicts,
+    storage,
+)
+from .dare import dare, dare_merge
+from .localize_stitch import localize_dataless, localize_trained, stitch
+from .soups import GreedySoup, greedy_soup, uniform_soup
+from .task_arithmetic import DEFAULT_GRID, LambdaSearch, pick_lambda, task_arithmetic
+from .task_vectors import TaskVector, cosine_similarity, select
+from .ties import disjoint_mean, elect_sign, ties_merge, trim
+from .topk import global_topk_mask, kth_largest, per_tensor_topk_mask, topk_mask
+from .utils import get_device, seed_everything
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DEFAULT_GRID",
+    "GreedySoup",
+    "LambdaSearch",
+    "Overlap",
+    "SignConflicts",
+    "Storage",
+    "TaskVector",
+    "cosine_similarity",
+    "dare",
+    "dare_merge",
+    "density",
+    "density_per_layer",
+    "density_per_tensor",
+    "disjoint_mean",
+    "elect_sign",
+    "get_device",
+    "global_topk_mask",
+    "greedy_soup",
+    "kth_largest",
+    "localize_dataless",
+    "localize_trained",
+    "mask_overlap",
+    "per_tensor_topk_mask",
+    "pick_lambda",
+    "seed_everything",
+    "select",
+    "sign_conflicts",
+    "stitch",
+    "storage",
+    "task_arithmetic",
+    "ties_merge",
+    "topk_mask",
+    "trim",
+    "uniform_soup",
+]

@@ -1,0 +1,149 @@
+"""Input checks shared by every merge function.
+
+Every check raises a ``TypeError`` or ``ValueError`` whose message names the
+argument and, where there is one, the tensor at fault: a reader who passes the
+wrong thing should learn *what* is wrong and *where* without a debugger.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+
+StateDict = dict[str, torch.Tensor]
+Mask = dict[str, torch.Tensor]
+
+
+def _preview(names) -> str:
+    names = sorted(names)
+    shown = ", ".join(repr(n) for n in names[:5])
+    return shown + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+
+
+def check_tensor_dict(sd, arg: str) -> None:
+    """``sd`` must be a mapping of str -> torch.Tensor."""
+    if not isinstance(sd, Mapping):
+        raise TypeError(f"{arg} must be a dict of name -> torch.Tensor (a state dict), got {type(sd).__name__}")
+    for name in sd.keys():
+        if not isinstance(name, str):
+            raise TypeError(f"{arg} has a key {name!r} of type {type(name).__name__}; keys must be parameter names (str)")
+        t = sd[name]
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{arg}[{name!r}] must be a torch.Tensor, got {type(t).__name__}")
+
+
+def check_finite(sd: Mapping[str, torch.Tensor], arg: str) -> None:
+    """Floating tensors of ``sd`` hold no NaN or inf."""
+    for name, t in sd.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            bad = int((~torch.isfinite(t)).sum())
+            raise ValueError(f"{arg}[{name!r}] has {bad} non-finite value(s) (NaN or inf)")
+
+
+def check_state_dict(sd, arg: str) -> None:
+    check_tensor_dict(sd, arg)
+    if len(sd) == 0:
+        raise ValueError(f"{arg} is empty: it holds no tensors")
+    check_finite(sd, arg)
+
+
+def check_same_layout(ref: Mapping, other: Mapping, ref_arg: str, other_arg: str, *, subset: bool = False) -> None:
+    """``other`` has the names, shapes and dtypes of ``ref``.
+
+    With ``subset=True`` ``other`` may leave names out (a task vector over a
+    selection of the base's parameters), but must not add any.
+    """
+    extra = other.keys() - ref.keys()
+    missing = set() if subset else ref.keys() - other.keys()
+    if extra:
+        raise ValueError(f"{other_arg} has tensor(s) that {ref_arg} lacks: {_preview(extra)}")
+    if missing:
+        raise ValueError(f"{other_arg} is missing tensor(s) that {ref_arg} has: {_preview(missing)}")
+    for name in other.keys():
+        a, b = ref[name], other[name]
+        if a.shape != b.shape:
+            raise ValueError(
+                f"shape mismatch at tensor {name!r}: {ref_arg} has {tuple(a.shape)}, {other_arg} has {tuple(b.shape)}"
+            )
+        if a.dtype != b.dtype:
+            raise ValueError(f"dtype mismatch at tensor {name!r}: {ref_arg} has {a.dtype}, {other_arg} has {b.dtype}")
+
+
+def check_nonempty_list(items, arg: str, what: str = "models") -> list:
+    if isinstance(items, Mapping) or not isinstance(items, Sequence):
+        raise TypeError(f"{arg} must be a list of {what}, got {type(items).__name__}")
+    if len(items) == 0:
+        raise ValueError(f"{arg} is empty: pass at least one of the {what}")
+    return list(items)
+
+
+def check_fraction(value, arg: str, *, low_open: bool, high_open: bool, low: float = 0.0, high: float = 1.0) -> float:
+    """``value`` is a real number in the interval (low|[low, high]|)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{arg} must be a number, got {type(value).__name__}")
+    value = float(value)
+    lo_ok = value > low if low_open else value >= low
+    hi_ok = value < high if high_open else value <= high
+    if not (lo_ok and hi_ok):
+        interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+        raise ValueError(f"{arg} must lie in {interval}, got {value!r}")
+    return value
+
+
+def check_scalar(value, arg: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{arg} must be a real number, got {type(value).__name__}")
+    value = float(value)
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ValueError(f"{arg} must be finite, got {value!r}")
+    return value
+
+
+def check_floating(sd: Mapping[str, torch.Tensor], arg: str) -> None:
+    for name, t in sd.items():
+        if not t.is_floating_point():
+            raise TypeError(
+                f"{arg}[{name!r}] has dtype {t.dtype}; task vectors hold floating-point tensors only "
+                "(integer buffers are left out when a task vector is built)"
+            )
+
+
+def check_mask(mask, reference: Mapping[str, torch.Tensor], arg: str, ref_arg: str) -> None:
+    """``mask`` is a dict of bool tensors with exactly the names and shapes of ``reference``."""
+    check_tensor_dict(mask, arg)
+    extra = mask.keys() - reference.keys()
+    missing = reference.keys() - mask.keys()
+    if extra:
+        raise ValueError(f"{arg} has tensor(s) that {ref_arg} lacks: {_preview(extra)}")
+    if missing:
+        raise ValueError(f"{arg} is missing tensor(s) of {ref_arg}: {_preview(missing)}")
+    for name, m in mask.items():
+        if m.dtype != torch.bool:
+            raise TypeError(f"{arg}[{name!r}] must be a torch.bool mask, got dtype {m.dtype}")
+        if m.shape != reference[name].shape:
+            raise ValueError(
+                f"{arg}[{name!r}] has shape {tuple(m.shape)} but {ref_arg}[{name!r}] has shape {tuple(reference[name].shape)}"
+            )
+
+
+def check_task_vectors(task_vectors, arg: str = "task_vectors") -> list:
+    """A non-empty list of task vectors that share one layout."""
+    tvs = check_nonempty_list(task_vectors, arg, "task vectors")
+    for i, tv in enumerate(tvs):
+        check_tensor_dict(tv, f"{arg}[{i}]")
+        if len(tv) == 0:
+            raise ValueError(f"{arg}[{i}] is empty: it holds no tensors")
+        check_floating(tv, f"{arg}[{i}]")
+        check_finite(tv, f"{arg}[{i}]")
+        if i:
+            check_same_layout(tvs[0], tv, f"{arg}[0]", f"{arg}[{i}]")
+    return tvs
+
+
+def check_base_and_vectors(base, task_vectors) -> list:
+    """``base`` is a state dict and every task vector covers a subset of its floating tensors."""
+    check_state_dict(base, "base")
+    tvs = check_task_vectors(task_vectors)
+    check_same_layout(base, tvs[0], "base", "task_vectors[0]", subset=True)
+    return tvs

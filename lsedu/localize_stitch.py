@@ -1,0 +1,202 @@
+"""Localize-and-Stitch: find the few weights that carry a skill, then stitch them.
+
+He et al. 2025 (TMLR), "Localize-and-Stitch: Efficient Model Merging via
+Sparse Task Arithmetic" (arXiv 2408.13656), Sec. 3. Explained in notebook 05.
+
+This follows the paper's equations, not the public reference code, whose mask
+training differs (shared/REFERENCE.md and notebook 05 list how):
+
+* the L1 term's gradient is the true gradient of ``lam * sum sigmoid(S)``,
+  which always pushes logits *down* (towards a sparser mask);
+* gradients are averaged over the batches of a step, never summed, so the
+  step size does not grow with the amount of data;
+* logits start at ``+b`` on the dataless top-k and ``-b`` elsewhere, at the
+  paper's density (about 1%), and only ``S`` is trained: theta_pre and tau
+  stay fixed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, Literal
+
+import torch
+from torch.func import functional_call
+from tqdm.auto import tqdm
+
+from ._checks import (
+    Mask,
+    StateDict,
+    check_base_and_vectors,
+    check_fraction,
+    check_mask,
+    check_scalar,
+    check_state_dict,
+    check_task_vectors,
+)
+from .task_vectors import apply_vector
+from .topk import count_for_density, global_topk_mask, topk_mask
+
+
+def localize_dataless(task_vector: Mapping[str, torch.Tensor], density: float = 0.01) -> Mask:
+    """Dataless localization: ``gamma = 1`` on the top-k of ``|tau|`` over all its tensors at once.
+
+    ``k = round(density * n)`` exactly (ties at the threshold broken by
+    tensor order, then position). Returns bool masks shaped like ``tau``.
+    """
+    (tv,) = check_task_vectors([task_vector], "task_vector")
+    return global_topk_mask(tv, density)
+
+
+def localize_trained(
+    model: torch.nn.Module,
+    base: Mapping[str, torch.Tensor],
+    task_vector: Mapping[str, torch.Tensor],
+    loss_fn: Callable[[Callable[..., Any], Any], torch.Tensor],
+    loader: Iterable,
+    *,
+    density: float = 0.01,
+    sigmoid_bias: float = 3.0,
+    l1: float = 1e-5,
+    lr: float = 0.1,
+    epochs: int = 10,
+    batches_per_step: int | None = 1,
+    optimizer: Literal["sgd", "adam"] = "adam",
+    target_density: float | None = None,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+) -> tuple[Mask, list[dict]]:
+    """Trained localization (He et al. 2025, Sec. 3.1):
+
+        min_S  loss(theta_pre + sigmoid(S) * tau) + l1 * ||sigmoid(S)||_1,   gamma = round(sigmoid(S)).
+
+    ``model`` supplies the architecture only: every forward runs
+    ``torch.func.functional_call(model, base + sigmoid(S) * tau, ...)``, so
+    the model's own weights are neither read for the masked tensors nor
+    changed. ``loss_fn(forward, batch)`` computes the task loss of one batch,
+    where ``forward(*args, **kwargs)`` runs the masked model, e.g.
+    ``lambda forward, b: F.cross_entropy(forward(b[0]), b[1])``.
+
+    * ``S`` starts at ``+sigmoid_bias`` on the dataless top-``density`` of
+      ``|tau|`` and ``-sigmoid_bias`` elsewhere.
+    * Each optimiser step averages the gradients of ``batches_per_step``
+      batches (``None``: one step per pass over ``loader``, i.e. full batch).
+    * ``l1`` weighs ``sum sigmoid(S)``; its gradient per entry does not depend
+      on the model's size. An entry stays in the mask when its task gradient,
+      of the order of ``|tau| * dloss/dtheta``, outweighs ``l1 * sigmoid'(S)``,
+      so ``l1`` has to be set per model (the notebooks calibrate it).
+    * ``optimizer="adam"`` (the default) moves every logit at about ``lr`` per
+      step whatever its gradient's scale; ``"sgd"`` is plain gradient descent,
+      which needs a very large ``lr`` because those gradients are tiny.
+    * ``target_density``: instead of rounding, keep exactly the top
+      ``target_density`` fraction of logits.
+
+    The model is evaluated in ``eval()`` mode (no dropout, no batch-norm
+    updates) and restored to its mode afterwards. Returns ``(mask, log)``:
+    bool masks on the CPU shaped like ``tau``, and one dict per epoch with the
+    mean task loss, the mean of sigmoid(S) and the density of the rounded mask.
+    """
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    check_state_dict(base, "base")
+    (tv,) = check_base_and_vectors(base, [task_vector])
+    if not callable(loss_fn):
+        raise TypeError(f"loss_fn must be a callable (forward, batch) -> loss, got {type(loss_fn).__name__}")
+    check_fraction(density, "density", low_open=True, high_open=False)
+    if target_density is not None:
+        check_fraction(target_density, "target_density", low_open=True, high_open=False)
+    b = check_scalar(sigmoid_bias, "sigmoid_bias")
+    l1 = check_scalar(l1, "l1")
+    lr = check_scalar(lr, "lr")
+    if l1 < 0 or lr <= 0 or b <= 0:
+        raise ValueError(f"need l1 >= 0, lr > 0 and sigmoid_bias > 0; got l1={l1}, lr={lr}, sigmoid_bias={b}")
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"epochs must be a positive int, got {epochs!r}")
+    if batches_per_step is not None and (not isinstance(batches_per_step, int) or batches_per_step < 1):
+        raise ValueError(f"batches_per_step must be a positive int or None, got {batches_per_step!r}")
+    if optimizer not in ("sgd", "adam"):
+        raise ValueError(f"optimizer must be 'sgd' or 'adam', got {optimizer!r}")
+
+    device = torch.device(device) if device is not None else next(model.parameters(), torch.empty(0)).device
+    theta = {n: t.detach().to(device) for n, t in base.items()}
+    tau = {n: t.detach().to(device, torch.float32) for n, t in tv.items()}
+    init = localize_dataless(tv, density)
+    S = {n: torch.where(init[n], b, -b).to(device, torch.float32).requires_grad_() for n in tau}
+    opt = (torch.optim.SGD if optimizer == "sgd" else torch.optim.Adam)(list(S.values()), lr=lr)
+    n_entries = sum(t.numel() for t in tau.values())
+
+    def masked_forward(*args, **kwargs):
+        params = dict(theta)
+        for n in tau:
+            params[n] = (theta[n].float() + torch.sigmoid(S[n]) * tau[n]).to(theta[n].dtype)
+        return functional_call(model, params, args, kwargs, tie_weights=False)
+
+    def step(n_batches: int) -> None:
+        for s in S.values():  # average, not sum, the gradients of the batches in this step
+            s.grad /= n_batches
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    was_training = model.training
+    model.eval()
+    log: list[dict] = []
+    try:
+        for epoch in tqdm(range(epochs), desc="localize (trained)", disable=not progress):
+            losses, pending = [], 0
+            for batch in loader:
+                task_loss = loss_fn(masked_forward, batch)
+                if not isinstance(task_loss, torch.Tensor) or task_loss.numel() != 1:
+                    raise ValueError("loss_fn must return a scalar tensor")
+                if not torch.isfinite(task_loss):
+                    raise ValueError(f"loss_fn returned a non-finite loss ({float(task_loss)}) in epoch {epoch}")
+                sparsity = sum(torch.sigmoid(s).sum() for s in S.values())
+                (task_loss + l1 * sparsity).backward()
+                losses.append(float(task_loss.detach()))
+                pending += 1
+                if batches_per_step is not None and pending == batches_per_step:
+                    step(pending)
+                    pending = 0
+            if not losses:
+                raise ValueError("loader yielded no batch")
+            if pending:
+                step(pending)
+            with torch.no_grad():
+                mean_sigmoid = float(sum(torch.sigmoid(s).sum() for s in S.values())) / n_entries
+                rounded = sum(int((s > 0).sum()) for s in S.values()) / n_entries
+            log.append({"epoch": epoch, "task_loss": sum(losses) / len(losses), "mean_sigmoid": mean_sigmoid,
+                        "density": rounded})
+    finally:
+        model.train(was_training)
+
+    logits = {n: s.detach().cpu() for n, s in S.items()}
+    if target_density is None:  # round(sigmoid(S)) = 1 exactly where S > 0
+        mask = {n: s > 0 for n, s in logits.items()}
+    else:
+        mask = topk_mask(logits, count_for_density(n_entries, target_density), by_abs=False)
+    return mask, log
+
+
+def stitch(
+    base: Mapping[str, torch.Tensor],
+    task_vectors: Sequence[Mapping[str, torch.Tensor]],
+    masks: Sequence[Mapping[str, torch.Tensor]],
+) -> StateDict:
+    """Stitching (He et al. 2025, Sec. 3.2): ``theta = theta_pre + sum_i gamma'_i * tau_i``,
+
+    with ``gamma'_i = gamma_i / sum_j gamma_j`` wherever ``sum_j gamma_j > 0``:
+    where masks overlap, the task vectors are averaged; elsewhere each one is
+    taken whole. There is no scaling coefficient. The order of tasks does not
+    matter. Returns a new state dict.
+    """
+    tvs = check_base_and_vectors(base, task_vectors)
+    if not isinstance(masks, Sequence) or len(masks) != len(tvs):
+        n = len(masks) if isinstance(masks, Sequence) else type(masks).__name__
+        raise ValueError(f"masks must be a list with one mask per task vector ({len(tvs)}), got {n}")
+    for i, m in enumerate(masks):
+        check_mask(m, tvs[i], f"masks[{i}]", f"task_vectors[{i}]")
+    merged = {}
+    for n in tvs[0]:
+        total = sum(torch.where(m[n], tv[n].float(), 0.0) for tv, m in zip(tvs, masks))
+        coverage = sum(m[n].float() for m in masks)
+        merged[n] = total / coverage.clamp(min=1)
+    return apply_vector(base, merged, 1.0)

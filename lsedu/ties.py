@@ -1,0 +1,96 @@
+"""TIES-Merging: trim, elect sign, disjoint merge.
+
+Yadav et al. 2023, "TIES-Merging: Resolving Interference When Merging Models"
+(arXiv 2306.01708), Algorithm 1. Each step is its own function so that
+notebook 04 (interference, TIES and DARE) can show it on its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Literal
+
+import torch
+
+from ._checks import StateDict, check_base_and_vectors, check_fraction, check_scalar, check_task_vectors
+from .task_vectors import TaskVector, apply_vector
+from .topk import global_topk_mask, per_tensor_topk_mask
+
+TrimScope = Literal["global", "per_tensor"]
+
+
+def trim(task_vector: Mapping[str, torch.Tensor], density: float, scope: TrimScope = "global") -> TaskVector:
+    """Step 1, trim: ``tau_hat = tau * [|tau| in the top-k]``, other entries set to 0.
+
+    ``scope="global"`` ranks ``|tau|`` over the whole vector at once, as the
+    TIES paper does (k = density * all entries). ``scope="per_tensor"`` ranks
+    within each tensor, as mergekit and peft do for large language models;
+    that is a different method and keeps a different set of entries. Exactly
+    ``round(density * n)`` entries (at least one) survive; ties at the
+    threshold are broken by tensor order, then position.
+    """
+    (tv,) = check_task_vectors([task_vector], "task_vector")
+    density = check_fraction(density, "density", low_open=True, high_open=False)
+    if scope == "global":
+        masks = global_topk_mask(tv, density)
+    elif scope == "per_tensor":
+        masks = per_tensor_topk_mask(tv, density)
+    else:
+        raise ValueError(f"scope must be 'global' or 'per_tensor', got {scope!r}")
+    return TaskVector({n: torch.where(masks[n], t, torch.zeros_like(t)) for n, t in tv.items()})
+
+
+def elect_sign(trimmed: Sequence[Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Step 2, elect: ``gamma = sign(sum_t tau_hat_t)``, the sign with the larger total mass.
+
+    Mass, not a vote count: +5 against -1 and -1 elects +1. Where the sum is
+    exactly 0 the election has no winner and ``gamma = 0``, so that entry of
+    the merge is 0 (the TIES reference code would pick the sign of the
+    whole vector's majority there). Returns float32 tensors of -1, 0, +1.
+    """
+    tvs = check_task_vectors(trimmed, "trimmed")
+    return {n: torch.sign(sum(tv[n].float() for tv in tvs)) for n in tvs[0]}
+
+
+def disjoint_mean(trimmed: Sequence[Mapping[str, torch.Tensor]], signs: Mapping[str, torch.Tensor]) -> TaskVector:
+    """Step 3, disjoint merge: ``tau_m = sum_{t in A} tau_hat_t / |A|``, ``A = {t : sign(tau_hat_t) = gamma}``.
+
+    Only non-zero entries that agree with the elected sign are averaged, so
+    trimmed zeros do not dilute the mean; an entry where none agree is 0.
+    """
+    tvs = check_task_vectors(trimmed, "trimmed")
+    out = {}
+    for n in tvs[0]:
+        gamma = signs[n]
+        if gamma.shape != tvs[0][n].shape:
+            raise ValueError(f"signs[{n!r}] has shape {tuple(gamma.shape)}, expected {tuple(tvs[0][n].shape)}")
+        total = torch.zeros(gamma.shape, dtype=torch.float32)
+        count = torch.zeros(gamma.shape, dtype=torch.float32)
+        for tv in tvs:
+            t = tv[n].float()
+            agree = (torch.sign(t) == gamma) & (t != 0)
+            total += torch.where(agree, t, 0.0)
+            count += agree
+        out[n] = (total / count.clamp(min=1)).to(tvs[0][n].dtype)
+    return TaskVector(out)
+
+
+def ties_merge(
+    base: Mapping[str, torch.Tensor],
+    task_vectors: Sequence[Mapping[str, torch.Tensor]],
+    density: float = 0.2,
+    lam: float = 1.0,
+    trim_scope: TrimScope = "global",
+) -> StateDict:
+    """TIES-Merging, ``theta = theta_pre + lam * tau_m`` (Yadav et al. 2023, Algorithm 1).
+
+    ``tau_m`` is :func:`disjoint_mean` of the :func:`trim`-med vectors under
+    the :func:`elect_sign`-ed signs. ``density`` is the fraction kept by the
+    trim (the paper's k = 20% is ``density=0.2``); ``lam`` is about 1 when it
+    is not tuned on validation data. The order of ``task_vectors`` does not
+    matter. Returns a new state dict.
+    """
+    tvs = check_base_and_vectors(base, task_vectors)
+    lam = check_scalar(lam, "lam")
+    trimmed = [trim(tv, density, trim_scope) for tv in tvs]
+    return apply_vector(base, disjoint_mean(trimmed, elect_sign(trimmed)), lam)

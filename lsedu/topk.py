@@ -1,0 +1,154 @@
+"""Exact global top-k over many tensors, in O(largest tensor) extra memory.
+
+The obvious way to find the k largest ``|tau|`` over a whole model is
+``torch.cat([t.flatten() for t in tau.values()]).kthvalue(...)``: it copies the
+whole model once more. For a 1.5B-parameter model that is 6 GB of extra RAM.
+Here the k-th largest value is found exactly by a *radix select* over the bit
+patterns of the float32 keys: two passes over the tensors, each building a
+65,536-bin histogram of 16 bits. Only one tensor's temporaries are alive at a
+time, so the extra memory is O(largest tensor), and ``tensors`` may be any
+mapping that loads its values lazily (the streaming merge reads checkpoints
+this way).
+
+Ties at the threshold are broken by tensor order, then by position, so that
+exactly ``k`` entries are selected.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+
+from ._checks import Mask, check_fraction
+
+_BINS = 1 << 16
+
+
+def _keys(t: torch.Tensor, by_abs: bool) -> torch.Tensor:
+    """int32 keys whose integer order is the float order of ``|t|`` (or ``t``).
+
+    Non-negative IEEE floats compare like their bit patterns read as integers.
+    For signed values, flipping the 31 low bits of negatives makes the map
+    monotone over the whole line. Half and bfloat16 upcast to float32 exactly;
+    float64 is rounded to float32, so values equal in float32 count as ties.
+    """
+    x = t.detach().reshape(-1).float()
+    if by_abs:
+        return x.abs().view(torch.int32)
+    bits = x.view(torch.int32)
+    return bits ^ ((bits >> 31) & 0x7FFFFFFF)
+
+
+def _bucket_from_top(hist: torch.Tensor, k: int) -> tuple[int, int]:
+    """Bucket holding the k-th largest entry, and how many entries lie above it."""
+    above = torch.flip(torch.cumsum(torch.flip(hist, [0]), 0), [0])  # above[b] = count in buckets >= b
+    b = int(torch.nonzero(above >= k)[-1])
+    n_above = int(above[b + 1]) if b + 1 < len(hist) else 0
+    return b, n_above
+
+
+@dataclass(frozen=True)
+class KthLargest:
+    """The k-th largest key over all tensors.
+
+    ``value`` is that entry's float value, ``key`` its int32 key,
+    ``n_greater`` how many entries are strictly larger and ``n_equal`` how
+    many share the key. Taking all larger entries and the first
+    ``k - n_greater`` equal ones selects exactly k.
+    """
+
+    value: float
+    key: int
+    n_greater: int
+    n_equal: int
+    k: int
+
+
+def kth_largest(tensors: Mapping[str, torch.Tensor], k: int, *, by_abs: bool = True) -> KthLargest:
+    """Exact k-th largest of ``|t|`` (or ``t``) over every entry of every tensor.
+
+    Two passes over ``tensors.values()``; the extra memory is that of one
+    tensor's keys plus two histograms.
+    """
+    n = sum(t.numel() for t in tensors.values())
+    if not isinstance(k, int) or isinstance(k, bool):
+        raise TypeError(f"k must be an int, got {type(k).__name__}")
+    if not 1 <= k <= n:
+        raise ValueError(f"k must lie in [1, {n}] (the number of entries), got {k}")
+    offset = 0 if by_abs else _BINS // 2  # signed high halves lie in [-32768, 32767]
+
+    hist = torch.zeros(_BINS, dtype=torch.int64)
+    for t in tensors.values():
+        hist += torch.bincount(((_keys(t, by_abs) >> 16) + offset).long(), minlength=_BINS)
+    hi, n_above_hi = _bucket_from_top(hist, k)
+
+    hist.zero_()
+    for t in tensors.values():
+        keys = _keys(t, by_abs)
+        low = keys[(keys >> 16) + offset == hi] & 0xFFFF
+        hist += torch.bincount(low.long(), minlength=_BINS)
+    lo, n_above_lo = _bucket_from_top(hist, k - n_above_hi)
+
+    key = ((hi - offset) << 16) | lo
+    key_t = torch.tensor([key], dtype=torch.int32)
+    if not by_abs:  # undo the monotone map to read the float back
+        key_t = key_t ^ ((key_t >> 31) & 0x7FFFFFFF)
+    return KthLargest(
+        value=float(key_t.view(torch.float32)),
+        key=key,
+        n_greater=n_above_hi + n_above_lo,
+        n_equal=int(hist[lo]),
+        k=k,
+    )
+
+
+def topk_mask(tensors: Mapping[str, torch.Tensor], k: int, *, by_abs: bool = True) -> Mask:
+    """Bool masks selecting exactly the ``k`` largest entries over all tensors.
+
+    Three passes in all: two in :func:`kth_largest`, one to build the masks.
+    """
+    kth = kth_largest(tensors, k, by_abs=by_abs)
+    take_equal = kth.k - kth.n_greater
+    masks = {}
+    for name, t in tensors.items():
+        keys = _keys(t, by_abs)
+        m = keys > kth.key
+        if take_equal > 0:
+            eq = keys == kth.key
+            n_eq = int(eq.sum())
+            if n_eq > take_equal:  # keep only the first take_equal ties, in position order
+                eq[torch.nonzero(eq).reshape(-1)[take_equal:]] = False
+                n_eq = take_equal
+            m |= eq
+            take_equal -= n_eq
+        masks[name] = m.reshape(t.shape)
+    return masks
+
+
+def count_for_density(numel: int, density: float) -> int:
+    """``k = round(density * numel)``, at least 1: the number of entries a density keeps."""
+    return max(1, min(numel, int(round(density * numel))))
+
+
+def global_topk_mask(tensors: Mapping[str, torch.Tensor], density: float) -> Mask:
+    """Keep the top ``density`` fraction of ``|t|`` over *all* tensors at once.
+
+    This is the global top-k of TIES-Merging (Yadav et al. 2023) and of
+    Localize-and-Stitch's dataless localization (He et al. 2025).
+    """
+    density = check_fraction(density, "density", low_open=True, high_open=False)
+    n = sum(t.numel() for t in tensors.values())
+    return topk_mask(tensors, count_for_density(n, density))
+
+
+def per_tensor_topk_mask(tensors: Mapping[str, torch.Tensor], density: float) -> Mask:
+    """Keep the top ``density`` fraction of ``|t|`` within *each* tensor.
+
+    This is the trim that mergekit and peft apply to large language models.
+    """
+    density = check_fraction(density, "density", low_open=True, high_open=False)
+    return {
+        name: topk_mask({name: t}, count_for_density(t.numel(), density))[name] for name, t in tensors.items()
+    }

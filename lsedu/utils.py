@@ -1,0 +1,41 @@
+"""Small helpers every notebook uses: one seed, one device."""
+
+from __future__ import annotations
+
+import os
+import random
+
+import numpy as np
+import torch
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed Python, NumPy and torch in one place; returns a torch generator with that seed.
+
+    Record the seed next to every cached result so that it can be reproduced.
+    """
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    os.environ["PYTHONHASHSEED"] = str(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def get_device(prefer: str | None = None) -> torch.device:
+    """The device to compute on: ``prefer`` if it is available, else CUDA, else the CPU.
+
+    ``LSEDU_DEVICE=cpu`` forces a device for every notebook. Never fails:
+    a machine without a GPU gets the CPU, so every page runs everywhere.
+    """
+    prefer = prefer or os.environ.get("LSEDU_DEVICE")
+    if prefer:
+        dev = torch.device(prefer)
+        if dev.type == "cpu" or (dev.type == "cuda" and torch.cuda.is_available()):
+            return dev
+        if dev.type == "mps" and torch.backends.mps.is_available():
+            return dev
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    return torch.device("cpu")
