@@ -80,15 +80,20 @@ def kth_largest(tensors: Mapping[str, torch.Tensor], k: int, *, by_abs: bool = T
     offset = 0 if by_abs else _BINS // 2  # signed high halves lie in [-32768, 32767]
 
     hist = torch.zeros(_BINS, dtype=torch.int64)
-    for t in tensors.values():
-        hist += torch.bincount(((_keys(t, by_abs) >> 16) + offset).long(), minlength=_BINS)
+    for t in tensors.values():  # pass 1: histogram of the high 16 bits
+        high = _keys(t, by_abs) >> 16
+        if offset:
+            high += offset
+        hist += torch.bincount(high, minlength=_BINS)
+        del high  # keep one tensor's temporaries alive at a time
     hi, n_above_hi = _bucket_from_top(hist, k)
 
     hist.zero_()
-    for t in tensors.values():
+    for t in tensors.values():  # pass 2: low 16 bits of the entries in that bucket
         keys = _keys(t, by_abs)
-        low = keys[(keys >> 16) + offset == hi] & 0xFFFF
-        hist += torch.bincount(low.long(), minlength=_BINS)
+        low = keys[(keys >> 16) == hi - offset] & 0xFFFF
+        del keys
+        hist += torch.bincount(low, minlength=_BINS)
     lo, n_above_lo = _bucket_from_top(hist, k - n_above_hi)
 
     key = ((hi - offset) << 16) | lo
