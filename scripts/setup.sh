@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Set up everything lsedu needs in ./.venv: used by scripts/book.sh and scripts/test.sh.
+#
+#   bash scripts/setup.sh [EXTRA ...]     e.g.  bash scripts/setup.sh test book
+#
+# Idempotent: the installation is skipped when pyproject.toml and the extras
+# are the same as at the last successful run. Every version is pinned in
+# pyproject.toml; this script only decides *how* to install them.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+say() { printf '[lsedu setup] %s\n' "$*" >&2; }
+die() { printf '[lsedu setup] error: %s\n' "$*" >&2; exit 1; }
+
+PYTHON=${PYTHON:-python3}
+command -v "$PYTHON" >/dev/null 2>&1 || die "no '$PYTHON' on PATH. Install Python 3.10 or newer (https://www.python.org/downloads/), or set PYTHON=/path/to/python3."
+"$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 10))' \
+  || die "$("$PYTHON" --version 2>&1) is too old: lsedu needs Python 3.10 or newer. Set PYTHON=/path/to/python3.1x."
+
+# A system package, installed with apt when we are root (or have sudo), else a clear instruction.
+need_system_package() {  # need_system_package DEBIAN_PACKAGE WHAT_FOR
+  local pkg=$1 why=$2
+  if command -v apt-get >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ]; then
+      say "installing the system package $pkg ($why)"
+      { apt-get install -y -q "$pkg" || { apt-get update -q && apt-get install -y -q "$pkg"; }; } >/dev/null && return 0
+    elif sudo -n true 2>/dev/null; then
+      say "installing the system package $pkg with sudo ($why)"
+      { sudo apt-get install -y -q "$pkg" || { sudo apt-get update -q && sudo apt-get install -y -q "$pkg"; }; } >/dev/null && return 0
+    fi
+    die "the system package '$pkg' is needed ($why) and cannot be installed without root. Ask an administrator to run: sudo apt-get install $pkg"
+  fi
+  die "the system package '$pkg' is needed ($why). This is not a Debian/Ubuntu system: install its equivalent with your package manager, or use conda (environment.yml)."
+}
+
+if [ ! -x .venv/bin/python ]; then
+  say "creating .venv with $("$PYTHON" --version 2>&1)"
+  if ! "$PYTHON" -m venv .venv 2>/dev/null; then
+    rm -rf .venv
+    need_system_package "python3-venv" "Python's venv module, to create .venv"
+    "$PYTHON" -m venv .venv || die "could not create .venv with $PYTHON"
+  fi
+fi
+
+extras=$(printf '%s\n' "$@" | sort -u | paste -sd, -)
+spec="."; [ -n "$extras" ] && spec=".[$extras]"
+stamp=".venv/.lsedu-install-$(printf '%s' "$extras" | tr ',' '-')"
+want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+  say "already installed: lsedu$([ -n "$extras" ] && echo "[$extras]") (delete .venv to reinstall)"
+  exit 0
+fi
+
+say "installing lsedu$([ -n "$extras" ] && echo "[$extras]") and its pinned dependencies into .venv (the first time downloads PyTorch)"
+.venv/bin/python -m pip install --quiet --disable-pip-version-check --progress-bar off -e "$spec" \
+  || die "pip could not install $spec. Check your connection to PyPI (or your PIP_INDEX_URL) and try again."
+.venv/bin/python -c "import lsedu, torch; print(f'[lsedu setup] ok: lsedu {lsedu.__version__}, torch {torch.__version__}')" >&2
+echo "$want" > "$stamp"
