@@ -7,8 +7,10 @@ wrong thing should learn *what* is wrong and *where* without a debugger.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Mapping, Sequence
 
+import numpy as np
 import torch
 
 StateDict = dict[str, torch.Tensor]
@@ -79,8 +81,8 @@ def check_nonempty_list(items, arg: str, what: str = "models") -> list:
 
 
 def check_fraction(value, arg: str, *, low_open: bool, high_open: bool, low: float = 0.0, high: float = 1.0) -> float:
-    """``value`` is a real number in the interval (low|[low, high]|)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    """``value`` is a real number (Python or NumPy) in the interval (low|[low, high]|)."""
+    if not is_real(value):
         raise TypeError(f"{arg} must be a number, got {type(value).__name__}")
     value = float(value)
     lo_ok = value > low if low_open else value >= low
@@ -91,8 +93,13 @@ def check_fraction(value, arg: str, *, low_open: bool, high_open: bool, low: flo
     return value
 
 
+def is_real(value) -> bool:
+    """A real number: Python or NumPy ints and floats, a one-element tensor is not, nor is a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+
+
 def check_scalar(value, arg: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if not is_real(value):
         raise TypeError(f"{arg} must be a real number, got {type(value).__name__}")
     value = float(value)
     if value != value or value in (float("inf"), float("-inf")):
@@ -127,15 +134,20 @@ def check_mask(mask, reference: Mapping[str, torch.Tensor], arg: str, ref_arg: s
             )
 
 
+def check_task_vector(tv, arg: str = "task_vector") -> None:
+    """One task vector: a non-empty dict of finite floating tensors."""
+    check_tensor_dict(tv, arg)
+    if len(tv) == 0:
+        raise ValueError(f"{arg} is empty: it holds no tensors")
+    check_floating(tv, arg)
+    check_finite(tv, arg)
+
+
 def check_task_vectors(task_vectors, arg: str = "task_vectors") -> list:
     """A non-empty list of task vectors that share one layout."""
     tvs = check_nonempty_list(task_vectors, arg, "task vectors")
     for i, tv in enumerate(tvs):
-        check_tensor_dict(tv, f"{arg}[{i}]")
-        if len(tv) == 0:
-            raise ValueError(f"{arg}[{i}] is empty: it holds no tensors")
-        check_floating(tv, f"{arg}[{i}]")
-        check_finite(tv, f"{arg}[{i}]")
+        check_task_vector(tv, f"{arg}[{i}]")
         if i:
             check_same_layout(tvs[0], tv, f"{arg}[0]", f"{arg}[{i}]")
     return tvs

@@ -13,7 +13,7 @@ from typing import Literal
 
 import torch
 
-from ._checks import StateDict, check_base_and_vectors, check_fraction, check_task_vectors
+from ._checks import StateDict, check_base_and_vectors, check_fraction, check_task_vector
 from .task_arithmetic import task_arithmetic
 from .task_vectors import TaskVector
 from .ties import ties_merge
@@ -26,6 +26,11 @@ def _generator(seed: int, name: str) -> torch.Generator:
     return torch.Generator().manual_seed(zlib.crc32(f"{seed}:{name}".encode()))
 
 
+def _check_seed(seed) -> None:
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+
+
 def dare(task_vector: Mapping[str, torch.Tensor], p: float, seed: int = 0) -> TaskVector:
     """Drop And REscale: ``tau_hat = (1 - m) * tau / (1 - p)``, ``m ~ Bernoulli(p)`` entry-wise.
 
@@ -33,12 +38,11 @@ def dare(task_vector: Mapping[str, torch.Tensor], p: float, seed: int = 0) -> Ta
     unchanged). The rescaling keeps the expected value of every entry equal
     to ``tau``. Deterministic for a given ``seed``.
     """
-    (tv,) = check_task_vectors([task_vector], "task_vector")
+    check_task_vector(task_vector, "task_vector")
     p = check_fraction(p, "p", low_open=False, high_open=True)
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+    _check_seed(seed)
     out = {}
-    for n, t in tv.items():
+    for n, t in task_vector.items():
         keep = torch.rand(t.shape, generator=_generator(seed, n)) >= p
         out[n] = torch.where(keep, t.float() / (1 - p), 0.0).to(t.dtype)
     return TaskVector(out)
@@ -59,11 +63,13 @@ def dare_merge(
     :func:`lsedu.ties.ties_merge`. Returns a new state dict.
     """
     tvs = check_base_and_vectors(base, task_vectors)
+    _check_seed(seed)
+    if then not in ("task_arithmetic", "ties"):
+        raise ValueError(f"then must be 'task_arithmetic' or 'ties', got {then!r}")
     dropped = [dare(tv, p, seed + i) for i, tv in enumerate(tvs)]
     if then == "task_arithmetic":
         if ties_kwargs:
             raise TypeError(f"unexpected arguments for then='task_arithmetic': {sorted(ties_kwargs)}")
         return task_arithmetic(base, dropped, lam)
-    if then == "ties":
-        return ties_merge(base, dropped, lam=lam, **ties_kwargs)
-    raise ValueError(f"then must be 'task_arithmetic' or 'ties', got {then!r}")
+    return ties_merge(base, dropped, lam=lam, **ties_kwargs)
+

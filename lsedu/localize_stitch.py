@@ -30,9 +30,10 @@ from ._checks import (
     check_base_and_vectors,
     check_fraction,
     check_mask,
+    check_same_layout,
     check_scalar,
     check_state_dict,
-    check_task_vectors,
+    check_task_vector,
 )
 from .task_vectors import apply_vector
 from .topk import count_for_density, global_topk_mask, topk_mask
@@ -44,8 +45,8 @@ def localize_dataless(task_vector: Mapping[str, torch.Tensor], density: float = 
     ``k = round(density * n)`` exactly (ties at the threshold broken by
     tensor order, then position). Returns bool masks shaped like ``tau``.
     """
-    (tv,) = check_task_vectors([task_vector], "task_vector")
-    return global_topk_mask(tv, density)
+    check_task_vector(task_vector, "task_vector")
+    return global_topk_mask(task_vector, density, arg="task_vector")
 
 
 def localize_trained(
@@ -99,7 +100,18 @@ def localize_trained(
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     check_state_dict(base, "base")
-    (tv,) = check_base_and_vectors(base, [task_vector])
+    check_task_vector(task_vector, "task_vector")
+    check_same_layout(base, task_vector, "base", "task_vector", subset=True)
+    tv = task_vector
+    known = set(model.state_dict().keys())
+    unknown = [n for n in base if n not in known]
+    if unknown:
+        raise ValueError(
+            f"base has tensor(s) that the model does not: {unknown[:5]} (the model's names look like "
+            f"{sorted(known)[:3]}); a prefix such as 'module.' or 'model.' may need stripping"
+        )
+    if loader is None or isinstance(loader, (str, bytes)) or not hasattr(loader, "__iter__"):
+        raise TypeError(f"loader must be an iterable of batches (a DataLoader or a list), got {type(loader).__name__}")
     if not callable(loss_fn):
         raise TypeError(f"loss_fn must be a callable (forward, batch) -> loss, got {type(loss_fn).__name__}")
     check_fraction(density, "density", low_open=True, high_open=False)
@@ -147,8 +159,8 @@ def localize_trained(
                 task_loss = loss_fn(masked_forward, batch)
                 if not isinstance(task_loss, torch.Tensor) or task_loss.numel() != 1:
                     raise ValueError("loss_fn must return a scalar tensor")
-                if not torch.isfinite(task_loss):
-                    raise ValueError(f"loss_fn returned a non-finite loss ({float(task_loss)}) in epoch {epoch}")
+                if not torch.isfinite(task_loss.detach()):
+                    raise ValueError(f"loss_fn returned a non-finite loss ({task_loss.detach().item()}) in epoch {epoch}")
                 sparsity = sum(torch.sigmoid(s).sum() for s in S.values())
                 (task_loss + l1 * sparsity).backward()
                 losses.append(float(task_loss.detach()))

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ._checks import StateDict, check_nonempty_list, check_same_layout, check_state_dict
+from ._checks import StateDict, check_nonempty_list, check_same_layout, check_state_dict, is_real
 
 
 def _check_models(models) -> list:
@@ -66,7 +66,7 @@ def _score(evaluate, state_dict, what: str) -> float:
     s = evaluate(state_dict)
     if isinstance(s, torch.Tensor) and s.numel() == 1:
         s = s.item()
-    if isinstance(s, bool) or not isinstance(s, (int, float)) or not math.isfinite(s):
+    if not is_real(s) or not math.isfinite(s):
         raise ValueError(f"evaluate returned {s!r} for {what}; it must return a finite number (higher is better)")
     return float(s)
 

@@ -6,7 +6,7 @@ Explained in notebook 03 (task arithmetic).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -57,7 +57,9 @@ def pick_lambda(
     ``merge_kwargs`` (a TIES ``density``, say) are passed through. On equal
     scores the first lambda in ``grid`` wins.
     """
-    grid = check_nonempty_list(list(grid) if not isinstance(grid, Sequence) else grid, "grid", "lambda values")
+    if isinstance(grid, (str, Mapping)) or not isinstance(grid, Iterable):
+        raise TypeError(f"grid must be a list of lambda values, got {type(grid).__name__}")
+    grid = check_nonempty_list(list(grid), "grid", "lambda values")
     if not callable(evaluate):
         raise TypeError(f"evaluate must be a callable state_dict -> float, got {type(evaluate).__name__}")
     scores: dict[float, float] = {}

@@ -31,6 +31,8 @@ def _patterns(patterns, arg: str) -> list[str] | None:
         return None
     if isinstance(patterns, str):
         patterns = [patterns]
+    if not isinstance(patterns, Iterable):
+        raise TypeError(f"{arg} must be a glob pattern or a list of them, got {type(patterns).__name__}")
     patterns = list(patterns)
     for p in patterns:
         if not isinstance(p, str):
@@ -185,6 +187,8 @@ def cosine_similarity(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tenso
     check_tensor_dict(a, "a")
     check_tensor_dict(b, "b")
     check_same_layout(a, b, "a", "b")
+    check_finite(a, "a")
+    check_finite(b, "b")
     dot = na = nb = 0.0
     for n in a:
         x, y = a[n].double(), b[n].double()

@@ -12,7 +12,15 @@ from typing import Literal
 
 import torch
 
-from ._checks import StateDict, check_base_and_vectors, check_fraction, check_scalar, check_task_vectors
+from ._checks import (
+    StateDict,
+    check_base_and_vectors,
+    check_fraction,
+    check_scalar,
+    check_task_vector,
+    check_task_vectors,
+    check_tensor_dict,
+)
 from .task_vectors import TaskVector, apply_vector
 from .topk import global_topk_mask, per_tensor_topk_mask
 
@@ -29,15 +37,17 @@ def trim(task_vector: Mapping[str, torch.Tensor], density: float, scope: TrimSco
     ``round(density * n)`` entries (at least one) survive; ties at the
     threshold are broken by tensor order, then position.
     """
-    (tv,) = check_task_vectors([task_vector], "task_vector")
+    check_task_vector(task_vector, "task_vector")
+    _check_scope(scope, "scope")
     density = check_fraction(density, "density", low_open=True, high_open=False)
-    if scope == "global":
-        masks = global_topk_mask(tv, density)
-    elif scope == "per_tensor":
-        masks = per_tensor_topk_mask(tv, density)
-    else:
-        raise ValueError(f"scope must be 'global' or 'per_tensor', got {scope!r}")
-    return TaskVector({n: torch.where(masks[n], t, torch.zeros_like(t)) for n, t in tv.items()})
+    top = global_topk_mask if scope == "global" else per_tensor_topk_mask
+    masks = top(task_vector, density, arg="task_vector")
+    return TaskVector({n: torch.where(masks[n], t, torch.zeros_like(t)) for n, t in task_vector.items()})
+
+
+def _check_scope(scope, arg: str) -> None:
+    if scope not in ("global", "per_tensor"):
+        raise ValueError(f"{arg} must be 'global' or 'per_tensor', got {scope!r}")
 
 
 def elect_sign(trimmed: Sequence[Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
@@ -46,10 +56,12 @@ def elect_sign(trimmed: Sequence[Mapping[str, torch.Tensor]]) -> dict[str, torch
     Mass, not a vote count: +5 against -1 and -1 elects +1. Where the sum is
     exactly 0 the election has no winner and ``gamma = 0``, so that entry of
     the merge is 0 (the TIES reference code would pick the sign of the
-    whole vector's majority there). Returns float32 tensors of -1, 0, +1.
+    whole vector's majority there). The sum is taken in float64, so that the
+    order of the task vectors cannot flip a close election. Returns float32
+    tensors of -1, 0, +1.
     """
     tvs = check_task_vectors(trimmed, "trimmed")
-    return {n: torch.sign(sum(tv[n].float() for tv in tvs)) for n in tvs[0]}
+    return {n: torch.sign(sum(tv[n].double() for tv in tvs)).float() for n in tvs[0]}
 
 
 def disjoint_mean(trimmed: Sequence[Mapping[str, torch.Tensor]], signs: Mapping[str, torch.Tensor]) -> TaskVector:
@@ -59,11 +71,10 @@ def disjoint_mean(trimmed: Sequence[Mapping[str, torch.Tensor]], signs: Mapping[
     trimmed zeros do not dilute the mean; an entry where none agree is 0.
     """
     tvs = check_task_vectors(trimmed, "trimmed")
+    _check_signs(signs, tvs[0])
     out = {}
     for n in tvs[0]:
         gamma = signs[n]
-        if gamma.shape != tvs[0][n].shape:
-            raise ValueError(f"signs[{n!r}] has shape {tuple(gamma.shape)}, expected {tuple(tvs[0][n].shape)}")
         total = torch.zeros(gamma.shape, dtype=torch.float32)
         count = torch.zeros(gamma.shape, dtype=torch.float32)
         for tv in tvs:
@@ -73,6 +84,18 @@ def disjoint_mean(trimmed: Sequence[Mapping[str, torch.Tensor]], signs: Mapping[
             count += agree
         out[n] = (total / count.clamp(min=1)).to(tvs[0][n].dtype)
     return TaskVector(out)
+
+
+def _check_signs(signs, like: Mapping[str, torch.Tensor]) -> None:
+    check_tensor_dict(signs, "signs")
+    if signs.keys() != like.keys():
+        missing, extra = like.keys() - signs.keys(), signs.keys() - like.keys()
+        raise ValueError(f"signs must have the names of the trimmed vectors; missing {sorted(missing)}, extra {sorted(extra)}")
+    for n, g in signs.items():
+        if g.shape != like[n].shape:
+            raise ValueError(f"signs[{n!r}] has shape {tuple(g.shape)}, expected {tuple(like[n].shape)}")
+        if not g.is_floating_point() or not bool(((g == 1) | (g == 0) | (g == -1)).all()):
+            raise ValueError(f"signs[{n!r}] must hold only -1, 0 and +1 as floats (as elect_sign returns)")
 
 
 def ties_merge(
@@ -92,5 +115,6 @@ def ties_merge(
     """
     tvs = check_base_and_vectors(base, task_vectors)
     lam = check_scalar(lam, "lam")
+    _check_scope(trim_scope, "trim_scope")
     trimmed = [trim(tv, density, trim_scope) for tv in tvs]
     return apply_vector(base, disjoint_mean(trimmed, elect_sign(trimmed)), lam)

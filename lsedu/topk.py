@@ -16,7 +16,8 @@ exactly ``k`` entries are selected.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import numbers
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -66,30 +67,43 @@ class KthLargest:
     k: int
 
 
-def kth_largest(tensors: Mapping[str, torch.Tensor], k: int, *, by_abs: bool = True) -> KthLargest:
-    """Exact k-th largest of ``|t|`` (or ``t``) over every entry of every tensor.
+def _check_entry(name, t, arg: str) -> None:
+    if not isinstance(name, str):
+        raise TypeError(f"{arg} has a key {name!r} of type {type(name).__name__}; keys must be tensor names (str)")
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{arg}[{name!r}] must be a torch.Tensor, got {type(t).__name__}")
+    if not t.is_floating_point():
+        raise TypeError(f"{arg}[{name!r}] has dtype {t.dtype}; top-k ranks floating-point tensors")
+    if not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{arg}[{name!r}] has {int((~torch.isfinite(t)).sum())} non-finite value(s) (NaN or inf)")
 
-    Two passes over ``tensors.values()``; the extra memory is that of one
-    tensor's keys plus two histograms.
-    """
-    n = sum(t.numel() for t in tensors.values())
-    if not isinstance(k, int) or isinstance(k, bool):
-        raise TypeError(f"k must be an int, got {type(k).__name__}")
-    if not 1 <= k <= n:
-        raise ValueError(f"k must lie in [1, {n}] (the number of entries), got {k}")
+
+def _items(tensors, arg: str):
+    if not isinstance(tensors, Mapping) and not hasattr(tensors, "items"):
+        raise TypeError(f"{arg} must be a dict of name -> torch.Tensor, got {type(tensors).__name__}")
+    return tensors.items()
+
+
+def _radix_select(tensors, k_of_n: Callable[[int], int], by_abs: bool, arg: str) -> KthLargest:
+    """Two passes: the first also checks every tensor and counts the entries, then ``k = k_of_n(n)``."""
     offset = 0 if by_abs else _BINS // 2  # signed high halves lie in [-32768, 32767]
-
     hist = torch.zeros(_BINS, dtype=torch.int64)
-    for t in tensors.values():  # pass 1: histogram of the high 16 bits
+    n = 0
+    for name, t in _items(tensors, arg):  # pass 1: histogram of the high 16 bits
+        _check_entry(name, t, arg)
+        n += t.numel()
         high = _keys(t, by_abs) >> 16
         if offset:
             high += offset
         hist += torch.bincount(high, minlength=_BINS)
         del high  # keep one tensor's temporaries alive at a time
+    if n == 0:
+        raise ValueError(f"{arg} is empty: it holds no entries to rank")
+    k = k_of_n(n)
     hi, n_above_hi = _bucket_from_top(hist, k)
 
     hist.zero_()
-    for t in tensors.values():  # pass 2: low 16 bits of the entries in that bucket
+    for _, t in _items(tensors, arg):  # pass 2: low 16 bits of the entries in that bucket
         keys = _keys(t, by_abs)
         low = keys[(keys >> 16) == hi - offset] & 0xFFFF
         del keys
@@ -109,15 +123,28 @@ def kth_largest(tensors: Mapping[str, torch.Tensor], k: int, *, by_abs: bool = T
     )
 
 
-def topk_mask(tensors: Mapping[str, torch.Tensor], k: int, *, by_abs: bool = True) -> Mask:
-    """Bool masks selecting exactly the ``k`` largest entries over all tensors.
+def kth_largest(tensors: Mapping[str, torch.Tensor], k: int, *, by_abs: bool = True) -> KthLargest:
+    """Exact k-th largest of ``|t|`` (or ``t``) over every entry of every tensor.
 
-    Three passes in all: two in :func:`kth_largest`, one to build the masks.
+    Two passes over ``tensors.items()``; the extra memory is that of one
+    tensor's keys plus two histograms.
     """
-    kth = kth_largest(tensors, k, by_abs=by_abs)
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral):
+        raise TypeError(f"k must be an int, got {type(k).__name__}")
+
+    def check_k(n: int) -> int:
+        if not 1 <= k <= n:
+            raise ValueError(f"k must lie in [1, {n}] (the number of entries), got {k}")
+        return int(k)
+
+    return _radix_select(tensors, check_k, by_abs, "tensors")
+
+
+def _mask(tensors, kth: KthLargest, by_abs: bool, arg: str) -> Mask:
+    """Pass 3: everything above the k-th key, plus the first ``k - n_greater`` ties in order."""
     take_equal = kth.k - kth.n_greater
     masks = {}
-    for name, t in tensors.items():
+    for name, t in _items(tensors, arg):
         keys = _keys(t, by_abs)
         m = keys > kth.key
         if take_equal > 0:
@@ -132,28 +159,42 @@ def topk_mask(tensors: Mapping[str, torch.Tensor], k: int, *, by_abs: bool = Tru
     return masks
 
 
+def topk_mask(tensors: Mapping[str, torch.Tensor], k: int, *, by_abs: bool = True) -> Mask:
+    """Bool masks selecting exactly the ``k`` largest entries over all tensors.
+
+    Three passes in all: two in :func:`kth_largest`, one to build the masks.
+    """
+    return _mask(tensors, kth_largest(tensors, k, by_abs=by_abs), by_abs, "tensors")
+
+
 def count_for_density(numel: int, density: float) -> int:
     """``k = round(density * numel)``, at least 1: the number of entries a density keeps."""
     return max(1, min(numel, int(round(density * numel))))
 
 
-def global_topk_mask(tensors: Mapping[str, torch.Tensor], density: float) -> Mask:
+def global_topk_mask(tensors: Mapping[str, torch.Tensor], density: float, *, arg: str = "tensors") -> Mask:
     """Keep the top ``density`` fraction of ``|t|`` over *all* tensors at once.
 
     This is the global top-k of TIES-Merging (Yadav et al. 2023) and of
-    Localize-and-Stitch's dataless localization (He et al. 2025).
+    Localize-and-Stitch's dataless localization (He et al. 2025): three
+    passes over ``tensors``, exactly ``round(density * n)`` entries kept.
     """
     density = check_fraction(density, "density", low_open=True, high_open=False)
-    n = sum(t.numel() for t in tensors.values())
-    return topk_mask(tensors, count_for_density(n, density))
+    kth = _radix_select(tensors, lambda n: count_for_density(n, density), True, arg)
+    return _mask(tensors, kth, True, arg)
 
 
-def per_tensor_topk_mask(tensors: Mapping[str, torch.Tensor], density: float) -> Mask:
+def per_tensor_topk_mask(tensors: Mapping[str, torch.Tensor], density: float, *, arg: str = "tensors") -> Mask:
     """Keep the top ``density`` fraction of ``|t|`` within *each* tensor.
 
     This is the trim that mergekit and peft apply to large language models.
+    A tensor with no entries gets an empty mask.
     """
     density = check_fraction(density, "density", low_open=True, high_open=False)
-    return {
-        name: topk_mask({name: t}, count_for_density(t.numel(), density))[name] for name, t in tensors.items()
-    }
+    masks = {}
+    for name, t in _items(tensors, arg):
+        _check_entry(name, t, arg)
+        masks[name] = global_topk_mask({name: t}, density, arg=arg)[name] if t.numel() else torch.zeros(t.shape, dtype=torch.bool)
+    if not masks:
+        raise ValueError(f"{arg} is empty: it holds no tensors to rank")
+    return masks
