@@ -84,43 +84,87 @@ def _items(tensors, arg: str):
     return tensors.items()
 
 
+class RadixSelect:
+    """The k-th largest key, fed one tensor at a time: the two passes of a radix select.
+
+    >>> sel = RadixSelect()                  # doctest: +SKIP
+    >>> for t in tensors: sel.count(t)       # pass 1: histogram of the high 16 bits
+    >>> sel.choose_bucket(k)
+    >>> for t in tensors: sel.refine(t)      # pass 2: the low 16 bits inside that bucket
+    >>> kth = sel.result()
+
+    Feeding tensors yourself lets one pass over a checkpoint serve several
+    task vectors at once (the streaming merge keeps one selector per model).
+    """
+
+    def __init__(self, by_abs: bool = True):
+        self.by_abs = by_abs
+        self.offset = 0 if by_abs else _BINS // 2  # signed high halves lie in [-32768, 32767]
+        self.hist = torch.zeros(_BINS, dtype=torch.int64)
+        self.n = 0
+        self.k: int | None = None
+
+    def count(self, t: torch.Tensor) -> None:
+        high = _keys(t, self.by_abs) >> 16
+        if self.offset:
+            high += self.offset
+        self.hist += torch.bincount(high, minlength=_BINS)
+        self.n += t.numel()
+
+    def choose_bucket(self, k: int) -> None:
+        self.k = k
+        self.hi, self.n_above_hi = _bucket_from_top(self.hist, k)
+        self.hist = torch.zeros(_BINS, dtype=torch.int64)
+
+    def refine(self, t: torch.Tensor) -> None:
+        keys = _keys(t, self.by_abs)
+        low = keys[(keys >> 16) == self.hi - self.offset] & 0xFFFF
+        del keys  # keep one tensor's temporaries alive at a time
+        self.hist += torch.bincount(low, minlength=_BINS)
+
+    def result(self) -> KthLargest:
+        lo, n_above_lo = _bucket_from_top(self.hist, self.k - self.n_above_hi)
+        key = ((self.hi - self.offset) << 16) | lo
+        key_t = torch.tensor([key], dtype=torch.int32)
+        if not self.by_abs:  # undo the monotone map to read the float back
+            key_t = key_t ^ ((key_t >> 31) & 0x7FFFFFFF)
+        return KthLargest(float(key_t.view(torch.float32)), key, self.n_above_hi + n_above_lo, int(self.hist[lo]),
+                          self.k)
+
+
+class TopKMasker:
+    """Pass 3: masks of the entries above the k-th key, plus the first ``k - n_greater`` ties, in feed order."""
+
+    def __init__(self, kth: KthLargest, by_abs: bool = True):
+        self.kth, self.by_abs = kth, by_abs
+        self.take_equal = kth.k - kth.n_greater
+
+    def __call__(self, t: torch.Tensor) -> torch.Tensor:
+        keys = _keys(t, self.by_abs)
+        m = keys > self.kth.key
+        if self.take_equal > 0:
+            eq = keys == self.kth.key
+            n_eq = int(eq.sum())
+            if n_eq > self.take_equal:  # keep only the first take_equal ties, in position order
+                eq[torch.nonzero(eq).reshape(-1)[self.take_equal :]] = False
+                n_eq = self.take_equal
+            m |= eq
+            self.take_equal -= n_eq
+        return m.reshape(t.shape)
+
+
 def _radix_select(tensors, k_of_n: Callable[[int], int], by_abs: bool, arg: str) -> KthLargest:
     """Two passes: the first also checks every tensor and counts the entries, then ``k = k_of_n(n)``."""
-    offset = 0 if by_abs else _BINS // 2  # signed high halves lie in [-32768, 32767]
-    hist = torch.zeros(_BINS, dtype=torch.int64)
-    n = 0
-    for name, t in _items(tensors, arg):  # pass 1: histogram of the high 16 bits
+    sel = RadixSelect(by_abs)
+    for name, t in _items(tensors, arg):
         _check_entry(name, t, arg)
-        n += t.numel()
-        high = _keys(t, by_abs) >> 16
-        if offset:
-            high += offset
-        hist += torch.bincount(high, minlength=_BINS)
-        del high  # keep one tensor's temporaries alive at a time
-    if n == 0:
+        sel.count(t)
+    if sel.n == 0:
         raise ValueError(f"{arg} is empty: it holds no entries to rank")
-    k = k_of_n(n)
-    hi, n_above_hi = _bucket_from_top(hist, k)
-
-    hist.zero_()
-    for _, t in _items(tensors, arg):  # pass 2: low 16 bits of the entries in that bucket
-        keys = _keys(t, by_abs)
-        low = keys[(keys >> 16) == hi - offset] & 0xFFFF
-        del keys
-        hist += torch.bincount(low, minlength=_BINS)
-    lo, n_above_lo = _bucket_from_top(hist, k - n_above_hi)
-
-    key = ((hi - offset) << 16) | lo
-    key_t = torch.tensor([key], dtype=torch.int32)
-    if not by_abs:  # undo the monotone map to read the float back
-        key_t = key_t ^ ((key_t >> 31) & 0x7FFFFFFF)
-    return KthLargest(
-        value=float(key_t.view(torch.float32)),
-        key=key,
-        n_greater=n_above_hi + n_above_lo,
-        n_equal=int(hist[lo]),
-        k=k,
-    )
+    sel.choose_bucket(k_of_n(sel.n))
+    for _, t in _items(tensors, arg):
+        sel.refine(t)
+    return sel.result()
 
 
 def kth_largest(tensors: Mapping[str, torch.Tensor], k: int, *, by_abs: bool = True) -> KthLargest:
@@ -141,22 +185,8 @@ def kth_largest(tensors: Mapping[str, torch.Tensor], k: int, *, by_abs: bool = T
 
 
 def _mask(tensors, kth: KthLargest, by_abs: bool, arg: str) -> Mask:
-    """Pass 3: everything above the k-th key, plus the first ``k - n_greater`` ties in order."""
-    take_equal = kth.k - kth.n_greater
-    masks = {}
-    for name, t in _items(tensors, arg):
-        keys = _keys(t, by_abs)
-        m = keys > kth.key
-        if take_equal > 0:
-            eq = keys == kth.key
-            n_eq = int(eq.sum())
-            if n_eq > take_equal:  # keep only the first take_equal ties, in position order
-                eq[torch.nonzero(eq).reshape(-1)[take_equal:]] = False
-                n_eq = take_equal
-            m |= eq
-            take_equal -= n_eq
-        masks[name] = m.reshape(t.shape)
-    return masks
+    masker = TopKMasker(kth, by_abs)
+    return {name: masker(t) for name, t in _items(tensors, arg)}
 
 
 def topk_mask(tensors: Mapping[str, torch.Tensor], k: int, *, by_abs: bool = True) -> Mask:
