@@ -1,0 +1,323 @@
+"""Checkpoints on disk, read lazily; merged checkpoints written tensor by tensor.
+
+* :class:`Checkpoint` is a read-only ``Mapping`` of name -> tensor over a
+  ``.safetensors`` file, a Hugging Face folder (sharded or not) or a pickled
+  ``.bin``/``.pt`` file (loaded with ``weights_only=True`` and memory-mapped).
+  Names, shapes and dtypes come from the headers; a tensor is read only when
+  it is asked for. Every lsedu function accepts it where it accepts a dict.
+* :class:`ShardedWriter` writes safetensors shards *as the tensors arrive*:
+  the layout is known in advance (it is the base model's), so each shard's
+  header is written first and each tensor's bytes follow, and nothing is
+  buffered. The result is what ``transformers``' ``from_pretrained`` reads.
+* :func:`save_masks` / :func:`load_masks` store boolean masks bit-packed
+  (one bit per entry) in a safetensors file.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import struct
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import safe_open
+
+from ._checks import Mask
+
+SAFETENSORS_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+DTYPE_NAMES = {v: k for k, v in SAFETENSORS_DTYPES.items()}
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth")
+
+
+class Checkpoint(Mapping):
+    """A checkpoint on disk as a lazy ``name -> tensor`` mapping.
+
+    ``path`` may be a ``.safetensors`` file; a folder holding
+    ``model.safetensors``, ``model.safetensors.index.json`` (shards) or a
+    single ``*.safetensors``; or a ``.bin``/``.pt`` file or a folder with
+    ``pytorch_model.bin``. Pickled files are opened with
+    ``torch.load(weights_only=True, mmap=True)``: no code in them runs, and
+    their pages are read on demand.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        if not self.path.exists():
+            raise FileNotFoundError(f"checkpoint not found: {self.path}")
+        self._where: dict[str, Path] = {}  # name -> file holding it
+        self._info: dict[str, tuple[tuple[int, ...], torch.dtype]] = {}
+        self._handles: dict[Path, object] = {}
+        self._pickled: dict[str, torch.Tensor] | None = None
+        files = self._resolve()
+        for f in files:
+            if f.suffix in PICKLE_SUFFIXES:
+                self._load_pickle(f)
+            else:
+                self._read_header(f)
+        if not self._info:
+            raise ValueError(f"checkpoint {self.path} holds no tensors")
+
+    # --- locating files --------------------------------------------------
+    def _resolve(self) -> list[Path]:
+        p = self.path
+        if p.is_file():
+            if p.suffix == ".safetensors" or p.suffix in PICKLE_SUFFIXES:
+                return [p]
+            if p.name.endswith(".index.json"):
+                return self._from_index(p)
+            raise ValueError(f"{p}: not a checkpoint (expected .safetensors, .bin, .pt or an index .json)")
+        for index in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+            if (p / index).exists():
+                return self._from_index(p / index)
+        for single in ("model.safetensors", "pytorch_model.bin"):
+            if (p / single).exists():
+                return [p / single]
+        found = sorted(p.glob("*.safetensors"))
+        if len(found) == 1:
+            return found
+        raise ValueError(
+            f"{p}: no checkpoint found in this folder (looked for model.safetensors, "
+            f"model.safetensors.index.json, pytorch_model.bin; found {len(found)} other .safetensors files)"
+        )
+
+    def _from_index(self, index: Path) -> list[Path]:
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (OSError, ValueError, KeyError) as e:
+            raise ValueError(f"{index}: not a valid checkpoint index ({e})") from e
+        files = sorted({index.parent / f for f in weight_map.values()})
+        for f in files:
+            if not f.exists():
+                raise FileNotFoundError(f"{index} lists the shard {f.name}, which is missing")
+        return files
+
+    def _read_header(self, f: Path) -> None:
+        try:
+            handle = safe_open(str(f), framework="pt")
+        except Exception as e:  # safetensors raises its own error types for bad headers
+            raise ValueError(f"{f}: not a readable safetensors file ({e})") from e
+        self._handles[f] = handle
+        for name in handle.keys():
+            sl = handle.get_slice(name)
+            dtype = SAFETENSORS_DTYPES.get(sl.get_dtype())
+            if dtype is None:
+                raise ValueError(f"{f}: tensor {name!r} has dtype {sl.get_dtype()}, which lsedu does not merge")
+            self._add(name, f, (tuple(sl.get_shape()), dtype))
+
+    def _load_pickle(self, f: Path) -> None:
+        try:
+            sd = torch.load(f, map_location="cpu", weights_only=True, mmap=True)
+        except Exception as e:
+            raise ValueError(f"{f}: could not be loaded with torch.load(weights_only=True) ({e})") from e
+        if isinstance(sd, Mapping) and "state_dict" in sd and isinstance(sd["state_dict"], Mapping):
+            sd = sd["state_dict"]
+        if not isinstance(sd, Mapping) or not all(isinstance(t, torch.Tensor) for t in sd.values()):
+            raise ValueError(f"{f}: does not hold a state dict (a dict of name -> tensor)")
+        self._pickled = {**(self._pickled or {}), **sd}
+        for name, t in sd.items():
+            self._add(name, f, (tuple(t.shape), t.dtype))
+
+    def _add(self, name: str, f: Path, info) -> None:
+        if name in self._where:
+            raise ValueError(f"tensor {name!r} appears twice: in {self._where[name]} and in {f}")
+        self._where[name], self._info[name] = f, info
+
+    # --- Mapping ---------------------------------------------------------
+    def __getitem__(self, name: str) -> torch.Tensor:
+        f = self._where[name]
+        if self._pickled is not None and name in self._pickled:
+            return self._pickled[name]
+        return self._handles[f].get_tensor(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._info)
+
+    def __len__(self) -> int:
+        return len(self._info)
+
+    def __repr__(self) -> str:
+        return f"Checkpoint({str(self.path)!r}, {len(self)} tensors)"
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self._info[name][0]
+
+    def dtype(self, name: str) -> torch.dtype:
+        return self._info[name][1]
+
+    def file_of(self, name: str) -> Path:
+        return self._where[name]
+
+    def nbytes(self) -> int:
+        return sum(math.prod(s) * torch.empty(0, dtype=d).element_size() for s, d in self._info.values())
+
+    @property
+    def folder(self) -> Path:
+        """The folder that holds the checkpoint (and its config.json, if any)."""
+        return self.path if self.path.is_dir() else self.path.parent
+
+    def files(self) -> list[Path]:
+        return sorted(set(self._where.values()))
+
+
+def _header(entries: Sequence[tuple[str, tuple[int, ...], torch.dtype]], metadata: dict[str, str]) -> tuple[bytes, int]:
+    """A safetensors header for tensors laid out back to back in ``entries`` order, and the data size."""
+    head: dict[str, object] = {"__metadata__": metadata}
+    offset = 0
+    for name, shape, dtype in entries:
+        size = math.prod(shape) * torch.empty(0, dtype=dtype).element_size()
+        head[name] = {"dtype": DTYPE_NAMES[dtype], "shape": list(shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    raw = json.dumps(head, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)  # the format pads the header to a multiple of 8 bytes
+    return struct.pack("<Q", len(raw)) + raw, offset
+
+
+class ShardedWriter:
+    """Writes safetensors shards tensor by tensor, in a layout fixed in advance.
+
+    ``layout`` lists ``(name, shape, dtype)`` in the order :meth:`write` will
+    be called. Shards are cut before ``max_shard_bytes``; with one shard the
+    file is ``model.safetensors``, with more they are
+    ``model-0000i-of-0000n.safetensors`` plus ``model.safetensors.index.json``.
+    """
+
+    def __init__(self, folder: Path, layout: Sequence[tuple[str, tuple[int, ...], torch.dtype]],
+                 max_shard_bytes: int = 2 * 1024**3, metadata: dict[str, str] | None = None,
+                 single_name: str = "model.safetensors"):
+        self.folder = Path(folder)
+        self.metadata = {"format": "pt", **(metadata or {})}
+        shards: list[list] = [[]]
+        size = 0
+        for entry in layout:
+            n = math.prod(entry[1]) * torch.empty(0, dtype=entry[2]).element_size()
+            if shards[-1] and size + n > max_shard_bytes:
+                shards.append([])
+                size = 0
+            shards[-1].append(entry)
+            size += n
+        self.shards = shards
+        count = len(shards)
+        self.names = [single_name] if count == 1 else [
+            f"model-{i + 1:05d}-of-{count:05d}.safetensors" for i in range(count)
+        ]
+        self._queue = [(i, e) for i, shard in enumerate(shards) for e in shard]
+        self._pos = 0
+        self._file = None
+        self._shard = -1
+        self.total_size = 0
+
+    def write(self, name: str, tensor: torch.Tensor) -> None:
+        if self._pos >= len(self._queue):
+            raise ValueError(f"unexpected tensor {name!r}: every tensor of the layout is written")
+        shard, (want, shape, dtype) = self._queue[self._pos]
+        if name != want or tuple(tensor.shape) != tuple(shape) or tensor.dtype != dtype:
+            raise ValueError(f"expected tensor {want!r} {tuple(shape)} {dtype}, got {name!r} "
+                             f"{tuple(tensor.shape)} {tensor.dtype}")
+        if shard != self._shard:
+            self._open(shard)
+        data = tensor.detach().contiguous().reshape(-1).view(torch.uint8).numpy()
+        self._file.write(memoryview(data))
+        self.total_size += data.nbytes
+        self._pos += 1
+
+    def _open(self, shard: int) -> None:
+        self._close_file()
+        self._shard = shard
+        self._file = open(self.folder / self.names[shard], "wb")
+        head, _ = _header(self.shards[shard], self.metadata)
+        self._file.write(head)
+
+    def _close_file(self) -> None:
+        if self._file is not None:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+            self._file = None
+
+    def close(self) -> None:
+        """Finish the last shard and, if there are several, write the index."""
+        if self._pos != len(self._queue):
+            missing = self._queue[self._pos][1][0]
+            raise ValueError(f"the merge stopped before tensor {missing!r}: the output is incomplete")
+        self._close_file()
+        if len(self.names) > 1:
+            index = {"metadata": {"total_size": self.total_size},
+                     "weight_map": {name: self.names[i] for i, (name, _, _) in self._queue}}
+            (self.folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+
+    def abort(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+# --- masks -------------------------------------------------------------------
+class MaskWriter:
+    """Writes bool masks bit-packed, one tensor at a time, into one safetensors file."""
+
+    def __init__(self, path: Path, layout: Sequence[tuple[str, tuple[int, ...]]], metadata: dict[str, str]):
+        self.path = Path(path)
+        shapes = {name: list(shape) for name, shape in layout}
+        meta = {"lsedu_mask": "packbits", "shapes": json.dumps(shapes), **metadata}
+        packed = [(name, (math.ceil(math.prod(shape) / 8),), torch.uint8) for name, shape in layout]
+        self._writer = ShardedWriter(self.path.parent, packed, max_shard_bytes=2**62, metadata=meta,
+                                     single_name=self.path.name)
+
+    def write(self, name: str, mask: torch.Tensor) -> None:
+        bits = np.packbits(mask.reshape(-1).numpy().astype(np.uint8))
+        self._writer.write(name, torch.from_numpy(bits))
+
+    def close(self) -> None:
+        self._writer.close()
+
+    def abort(self) -> None:
+        self._writer.abort()
+
+
+def save_masks(mask: Mapping[str, torch.Tensor], path: str | os.PathLike, **metadata: str) -> Path:
+    """Save one bool mask per tensor, bit-packed (1 bit an entry), as a safetensors file."""
+    from ._checks import check_tensor_dict
+
+    check_tensor_dict(mask, "mask")
+    for n, m in mask.items():
+        if m.dtype != torch.bool:
+            raise TypeError(f"mask[{n!r}] must be a torch.bool mask, got dtype {m.dtype}")
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    writer = MaskWriter(tmp, [(n, tuple(m.shape)) for n, m in mask.items()], {k: str(v) for k, v in metadata.items()})
+    try:
+        for n, m in mask.items():
+            writer.write(n, m)
+        writer.close()
+        os.replace(tmp, path)
+    except BaseException:
+        writer.abort()
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_masks(path: str | os.PathLike) -> Mask:
+    """Load masks saved by :func:`save_masks` (or by ``lsedu merge``) as bool tensors."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"mask file not found: {path}")
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+        if meta.get("lsedu_mask") != "packbits":
+            raise ValueError(f"{path} is not an lsedu mask file (no 'lsedu_mask: packbits' in its metadata)")
+        shapes = json.loads(meta["shapes"])
+        out = {}
+        for name, shape in shapes.items():
+            n = math.prod(shape)
+            bits = np.unpackbits(f.get_tensor(name).numpy(), count=n)
+            out[name] = torch.from_numpy(bits.astype(bool)).reshape(shape)
+    return out

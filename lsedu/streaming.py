@@ -1,0 +1,427 @@
+"""``lsedu merge``: merge checkpoints larger than memory, one tensor name at a time.
+
+A recipe (YAML, in the style mergekit's users know) names a base model, its
+fine-tunes, a method and its parameters. The merge streams: for each tensor
+name it reads that tensor from every input, merges it with the same lsedu
+functions the notebooks use, and writes it straight into the output shard.
+Peak memory is a few tensors per input, whatever the size of the model.
+
+Methods whose thresholds are global (TIES with ``trim: global``,
+Localize-and-Stitch, DARE followed by global TIES) first find each task
+vector's exact top-k threshold with a streamed radix select
+(:class:`lsedu.topk.RadixSelect`): two extra read passes, and no
+concatenation of the model.
+
+Nothing is lost: inputs are only read, the output is written into a hidden
+temporary folder next to the destination and renamed only once complete, and
+every name, shape and dtype is checked against the base before anything is
+written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import yaml
+from tqdm.auto import tqdm
+
+from ._checks import check_fraction, check_scalar
+from .checkpoints import Checkpoint, MaskWriter, ShardedWriter, load_masks
+from .dare import dare
+from .localize_stitch import stitch
+from .soups import uniform_soup
+from .task_arithmetic import task_arithmetic
+from .task_vectors import apply_vector, select
+from .ties import disjoint_mean, elect_sign
+from .topk import RadixSelect, TopKMasker, count_for_density, per_tensor_topk_mask
+
+METHODS = {
+    # method: {parameter: default}
+    "average": {},
+    "task_arithmetic": {"lambda": 1.0},
+    "ties": {"density": 0.2, "lambda": 1.0, "trim": "global"},
+    "dare": {"p": 0.9, "lambda": 1.0, "seed": 0, "then": "task_arithmetic", "density": 0.2, "trim": "global"},
+    "localize_stitch": {"density": 0.01},
+}
+RECIPE_FIELDS = {"merge_method", "base_model", "models", "parameters", "include", "exclude", "masks", "output",
+                 "shard_size", "copy_files"}
+#: Files copied from the base model's folder, so that ``from_pretrained`` finds them next to the weights.
+COPY_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+              "special_tokens_map.json", "vocab.json", "merges.txt", "vocab.txt", "tokenizer.model")
+
+
+@dataclass
+class MergeRecipe:
+    """A merge, as ``lsedu merge`` reads it from YAML (see :func:`load_recipe`)."""
+
+    merge_method: str
+    base_model: Path
+    models: list[Path]
+    output: Path | None = None
+    parameters: dict = field(default_factory=dict)
+    include: list[str] | None = None
+    exclude: list[str] | None = None
+    save_masks: Path | None = None
+    load_masks: list[Path] | None = None
+    shard_size: int = 2 * 1024**3
+    copy_files: bool = True
+
+    def __post_init__(self):
+        if self.merge_method not in METHODS:
+            raise ValueError(f"merge_method must be one of {sorted(METHODS)}, got {self.merge_method!r}")
+        known = METHODS[self.merge_method]
+        unknown = set(self.parameters) - set(known)
+        if unknown:
+            raise ValueError(f"parameters {sorted(unknown)} do not apply to merge_method {self.merge_method!r}; "
+                             f"it takes {sorted(known) or 'none'}")
+        self.parameters = {**known, **self.parameters}
+        p = self.parameters
+        if "density" in p:
+            check_fraction(p["density"], "parameters.density", low_open=True, high_open=False)
+        if "p" in p:
+            check_fraction(p["p"], "parameters.p", low_open=False, high_open=True)
+        if "lambda" in p:
+            check_scalar(p["lambda"], "parameters.lambda")
+        if p.get("trim", "global") not in ("global", "per_tensor"):
+            raise ValueError(f"parameters.trim must be 'global' or 'per_tensor', got {p['trim']!r}")
+        if p.get("then", "ties") not in ("task_arithmetic", "ties"):
+            raise ValueError(f"parameters.then must be 'task_arithmetic' or 'ties', got {p['then']!r}")
+        if "seed" in p and (isinstance(p["seed"], bool) or not isinstance(p["seed"], int)):
+            raise TypeError(f"parameters.seed must be an int, got {type(p['seed']).__name__}")
+        if not self.models:
+            raise ValueError("models is empty: list at least one fine-tuned model")
+        if (self.save_masks or self.load_masks) and self.merge_method != "localize_stitch":
+            raise ValueError("masks: save/load applies to merge_method 'localize_stitch' only")
+        if self.load_masks is not None and len(self.load_masks) != len(self.models):
+            raise ValueError(f"masks.load lists {len(self.load_masks)} files for {len(self.models)} models")
+
+    @property
+    def global_threshold(self) -> bool:
+        """Whether the method needs each task vector's exact global top-k (two extra read passes)."""
+        m, p = self.merge_method, self.parameters
+        if m == "localize_stitch":
+            return self.load_masks is None
+        return (m == "ties" or (m == "dare" and p["then"] == "ties")) and p["trim"] == "global"
+
+
+def parse_size(value) -> int:
+    """``2GB``, ``500MB``, ``1.5GiB`` or a number of bytes."""
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    units = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
+    m = re.fullmatch(r"\s*([0-9.]+)\s*([A-Za-z]*)\s*", str(value))
+    if not m or m.group(2).upper() not in units or float(m.group(1)) <= 0:
+        raise ValueError(f"shard_size must be a size such as '2GB' or '500MB', got {value!r}")
+    return int(float(m.group(1)) * units[m.group(2).upper()])
+
+
+def load_recipe(path: str | os.PathLike) -> MergeRecipe:
+    """Read a YAML recipe; relative paths in it are relative to the recipe's folder.
+
+    .. code-block:: yaml
+
+        merge_method: ties            # average | task_arithmetic | ties | dare | localize_stitch
+        base_model: gpt2-base/        # a folder (sharded or not) or a .safetensors/.bin file
+        models:
+          - model: gpt2-instruct/
+          - model: gpt2-science/
+        parameters: {density: 0.2, lambda: 1.0, trim: global}
+        exclude: ["lm_head.*"]        # tensors copied from the base, unmerged
+        output: merged/
+        shard_size: 2GB
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"recipe not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ValueError(f"{path}: not valid YAML ({e})") from e
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: a recipe is a YAML mapping with merge_method, base_model and models")
+    unknown = set(raw) - RECIPE_FIELDS
+    if unknown:
+        raise ValueError(f"{path}: unknown field(s) {sorted(unknown)}; a recipe has {sorted(RECIPE_FIELDS)}")
+    for required in ("merge_method", "base_model", "models"):
+        if required not in raw:
+            raise ValueError(f"{path}: the recipe has no {required!r}")
+    here = path.parent
+
+    def resolve(p, what: str) -> Path:
+        if not isinstance(p, (str, os.PathLike)):
+            raise TypeError(f"{path}: {what} must be a path, got {type(p).__name__}")
+        p = Path(p).expanduser()
+        return p if p.is_absolute() else here / p
+
+    models = raw["models"]
+    if not isinstance(models, list):
+        raise TypeError(f"{path}: models must be a list of {{model: PATH}} entries")
+    model_paths = []
+    for i, entry in enumerate(models):
+        if isinstance(entry, dict):
+            extra = set(entry) - {"model", "parameters"}
+            if "model" not in entry or extra:
+                raise ValueError(f"{path}: models[{i}] must be {{model: PATH}}, got keys {sorted(entry)}")
+            if entry.get("parameters") not in (None, {}, {"weight": 1}, {"weight": 1.0}):
+                raise ValueError(f"{path}: models[{i}].parameters: per-model parameters are not supported; "
+                                 "put density, lambda and the like under the top-level parameters")
+            entry = entry["model"]
+        model_paths.append(resolve(entry, f"models[{i}]"))
+    masks = raw.get("masks") or {}
+    if not isinstance(masks, dict) or set(masks) - {"save", "load"}:
+        raise ValueError(f"{path}: masks must be a mapping with 'save: FOLDER' and/or 'load: [FILES]'")
+    parameters = raw.get("parameters") or {}
+    if not isinstance(parameters, dict):
+        raise TypeError(f"{path}: parameters must be a mapping")
+
+    def patterns(key):
+        v = raw.get(key)
+        if v is None:
+            return None
+        v = [v] if isinstance(v, str) else v
+        if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+            raise TypeError(f"{path}: {key} must be a glob pattern or a list of them")
+        return v
+
+    return MergeRecipe(
+        merge_method=raw["merge_method"],
+        base_model=resolve(raw["base_model"], "base_model"),
+        models=model_paths,
+        output=resolve(raw["output"], "output") if raw.get("output") else None,
+        parameters=parameters,
+        include=patterns("include"),
+        exclude=patterns("exclude"),
+        save_masks=resolve(masks["save"], "masks.save") if masks.get("save") else None,
+        load_masks=[resolve(p, f"masks.load[{i}]") for i, p in enumerate(masks["load"])] if masks.get("load") else None,
+        shard_size=parse_size(raw.get("shard_size", 2 * 1024**3)),
+        copy_files=bool(raw.get("copy_files", True)),
+    )
+
+
+# --- checks ------------------------------------------------------------------
+def check_layouts(base: Checkpoint, models: Sequence[Checkpoint]) -> None:
+    """Every model has the base's tensor names, shapes and dtypes; errors name the tensor and the files."""
+    for m in models:
+        extra = [n for n in m if n not in base]
+        missing = [n for n in base if n not in m]
+        if missing:
+            raise ValueError(f"tensor {missing[0]!r} is in the base ({base.file_of(missing[0])}) but not in {m.path}"
+                             + (f" ({len(missing) - 1} more missing)" if len(missing) > 1 else ""))
+        if extra:
+            raise ValueError(f"tensor {extra[0]!r} is in {m.file_of(extra[0])} but not in the base {base.path}"
+                             + (f" ({len(extra) - 1} more)" if len(extra) > 1 else ""))
+        for n in base:
+            if m.shape(n) != base.shape(n):
+                raise ValueError(f"shape mismatch at tensor {n!r}: {base.shape(n)} in {base.file_of(n)}, "
+                                 f"{m.shape(n)} in {m.file_of(n)}")
+            if m.dtype(n) != base.dtype(n):
+                raise ValueError(f"dtype mismatch at tensor {n!r}: {base.dtype(n)} in {base.file_of(n)}, "
+                                 f"{m.dtype(n)} in {m.file_of(n)}")
+
+
+def _check_output(out: Path, inputs: Sequence[Path], overwrite: bool) -> None:
+    out = out.resolve()
+    for p in inputs:
+        p = p.resolve()
+        if out == p or out in p.parents:
+            raise ValueError(f"the output {out} would overwrite the input {p}; choose another output folder")
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"the output {out} already exists; remove it or pass --overwrite")
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"the output {out} exists and is not a folder")
+
+
+def _finite(t: torch.Tensor, name: str, ckpt: Checkpoint) -> torch.Tensor:
+    if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+        raise ValueError(f"tensor {name!r} in {ckpt.file_of(name)} has {int((~torch.isfinite(t)).sum())} "
+                         "non-finite value(s) (NaN or inf)")
+    return t
+
+
+# --- the merge -----------------------------------------------------------------
+@dataclass
+class MergeReport:
+    output: Path
+    method: str
+    tensors: int
+    merged_tensors: int
+    read_passes: int
+    seconds: float
+    input_bytes: int
+    masks: list[Path] = field(default_factory=list)
+
+
+def _task_vectors(name: str, base: Checkpoint, models: Sequence[Checkpoint], recipe: MergeRecipe):
+    """float32 ``base[name]`` and every ``tau_i[name]`` (after DARE's drop, for the dare method)."""
+    b = _finite(base[name], name, base).float()
+    taus = [_finite(m[name], name, m).float() - b for m in models]
+    if recipe.merge_method == "dare":
+        p, seed = recipe.parameters["p"], recipe.parameters["seed"]
+        taus = [dare({name: t}, p, seed + i)[name] for i, t in enumerate(taus)]
+    return b, taus
+
+
+def _global_thresholds(names, base, models, recipe, progress) -> list[TopKMasker]:
+    """Exact top-k of |tau_i| over all merged tensors, for every model at once: two streamed passes."""
+    selectors = [RadixSelect() for _ in models]
+    for name in tqdm(names, desc="pass 1/3: histograms", disable=not progress, leave=False):
+        _, taus = _task_vectors(name, base, models, recipe)
+        for sel, t in zip(selectors, taus):
+            sel.count(t)
+    density = recipe.parameters["density"]
+    for sel in selectors:
+        sel.choose_bucket(count_for_density(sel.n, density))
+    for name in tqdm(names, desc="pass 2/3: thresholds", disable=not progress, leave=False):
+        _, taus = _task_vectors(name, base, models, recipe)
+        for sel, t in zip(selectors, taus):
+            sel.refine(t)
+    return [TopKMasker(sel.result()) for sel in selectors]
+
+
+def _merge_one(name, b, taus, recipe, maskers, loaded) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The merged float32 tensor ``name``, and the masks used (for localize_stitch)."""
+    m, p = recipe.merge_method, recipe.parameters
+    bd = {name: b}
+    tvs = [{name: t} for t in taus]
+    if m == "task_arithmetic" or (m == "dare" and p["then"] == "task_arithmetic"):
+        return task_arithmetic(bd, tvs, p["lambda"])[name], []
+    if m in ("ties", "dare"):
+        if p["trim"] == "global":
+            trimmed = [{name: torch.where(mk(t), t, 0.0)} for mk, t in zip(maskers, taus)]
+        else:
+            trimmed = [{name: torch.where(per_tensor_topk_mask(tv, p["density"])[name], tv[name], 0.0)} for tv in tvs]
+        return apply_vector(bd, disjoint_mean(trimmed, elect_sign(trimmed)), p["lambda"])[name], []
+    if m == "localize_stitch":
+        masks = [lm[name] for lm in loaded] if loaded is not None else [mk(t) for mk, t in zip(maskers, taus)]
+        return stitch(bd, tvs, [{name: mk} for mk in masks])[name], masks
+    raise AssertionError(m)
+
+
+def merge_checkpoints(
+    recipe: MergeRecipe,
+    output: str | os.PathLike | None = None,
+    *,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> MergeReport:
+    """Run ``recipe``, streaming, and write a sharded safetensors folder; returns a :class:`MergeReport`.
+
+    The same lsedu functions as in memory merge each tensor, so the result
+    equals ``lsedu.ties_merge(...)`` (etc.) on the loaded state dicts, except
+    that task vectors are always formed in float32 (in memory they keep the
+    checkpoint's dtype).
+    """
+    start = time.perf_counter()
+    out = Path(output) if output is not None else recipe.output
+    if out is None:
+        raise ValueError("no output folder: give 'output:' in the recipe or --output")
+    base = Checkpoint(recipe.base_model)
+    models = [Checkpoint(m) for m in recipe.models]
+    check_layouts(base, models)
+    inputs = [f for c in (base, *models) for f in c.files()] + list(recipe.load_masks or [])
+    _check_output(out, inputs, overwrite)
+    if recipe.save_masks is not None:
+        _check_output(recipe.save_masks, inputs, overwrite=True)
+
+    floating = [n for n in base if base.dtype(n).is_floating_point]
+    names = select(floating, recipe.include, recipe.exclude)  # the rest is copied from the base
+    merged_names = set(names)
+    loaded = None
+    if recipe.load_masks is not None:
+        loaded = [load_masks(p) for p in recipe.load_masks]
+        for i, lm in enumerate(loaded):
+            if set(lm) != merged_names:
+                raise ValueError(f"masks.load[{i}] ({recipe.load_masks[i]}) covers other tensors than this merge: "
+                                 f"{sorted(set(lm) ^ merged_names)[:3]}")
+            for n in names:
+                if tuple(lm[n].shape) != base.shape(n):
+                    raise ValueError(f"masks.load[{i}][{n!r}] has shape {tuple(lm[n].shape)}, "
+                                     f"the tensor has {base.shape(n)}")
+
+    out = out.resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    writer = ShardedWriter(tmp, [(n, base.shape(n), base.dtype(n)) for n in base], recipe.shard_size,
+                           metadata={"lsedu_merge_method": recipe.merge_method})
+    mask_writers: list[MaskWriter] = []
+    mask_dir_tmp = None
+    try:
+        maskers = _global_thresholds(names, base, models, recipe, progress) if recipe.global_threshold else None
+        if recipe.save_masks is not None:
+            mask_dir_tmp = recipe.save_masks.resolve().parent / f".{recipe.save_masks.name}.tmp-{os.getpid()}"
+            shutil.rmtree(mask_dir_tmp, ignore_errors=True)
+            mask_dir_tmp.mkdir(parents=True)
+            meta = {"density": str(recipe.parameters["density"]), "base_model": str(recipe.base_model)}
+            mask_writers = [MaskWriter(mask_dir_tmp / f"mask_{i}.safetensors", [(n, base.shape(n)) for n in names],
+                                       {**meta, "model": str(p)}) for i, p in enumerate(recipe.models)]
+        last = "pass 3/3: merge" if recipe.global_threshold else "merge"
+        for name in tqdm(list(base), desc=last, disable=not progress):
+            if name not in merged_names:
+                writer.write(name, base[name])
+                continue
+            if recipe.merge_method == "average":
+                merged = uniform_soup([{name: _finite(m[name], name, m)} for m in models])[name]
+                writer.write(name, merged)
+                continue
+            b, taus = _task_vectors(name, base, models, recipe)
+            merged, masks = _merge_one(name, b, taus, recipe, maskers, loaded)
+            writer.write(name, merged.to(base.dtype(name)))
+            for w, mk in zip(mask_writers, masks):
+                w.write(name, mk)
+        writer.close()
+        for w in mask_writers:
+            w.close()
+        if recipe.copy_files and base.path.is_dir():
+            for f in COPY_FILES:
+                if (base.path / f).exists():
+                    shutil.copy2(base.path / f, tmp / f)
+        (tmp / "lsedu_merge.json").write_text(json.dumps({
+            "merge_method": recipe.merge_method, "parameters": recipe.parameters,
+            "base_model": str(recipe.base_model), "models": [str(m) for m in recipe.models],
+            "include": recipe.include, "exclude": recipe.exclude,
+        }, indent=2) + "\n")
+        _replace_dir(tmp, out)
+        saved = []
+        if mask_dir_tmp is not None:
+            _replace_dir(mask_dir_tmp, recipe.save_masks.resolve())
+            saved = [recipe.save_masks.resolve() / f"mask_{i}.safetensors" for i in range(len(models))]
+    except BaseException:
+        writer.abort()
+        for w in mask_writers:
+            w.abort()
+        shutil.rmtree(tmp, ignore_errors=True)
+        if mask_dir_tmp is not None:
+            shutil.rmtree(mask_dir_tmp, ignore_errors=True)
+        raise
+    passes = 3 if recipe.global_threshold else 1
+    return MergeReport(out, recipe.merge_method, len(base), len(names), passes, time.perf_counter() - start,
+                       base.nbytes() * (1 + len(models)), saved)
+
+
+def _replace_dir(src: Path, dst: Path) -> None:
+    """Move the finished ``src`` to ``dst``; an existing ``dst`` is swapped out only after ``src`` is complete."""
+    if dst.exists():
+        old = dst.parent / f".{dst.name}.old-{os.getpid()}"
+        os.replace(dst, old)
+        os.replace(src, dst)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(src, dst)
+
+
+def merge(recipe: str | os.PathLike | MergeRecipe, output=None, *, overwrite: bool = False,
+          progress: bool = True) -> MergeReport:
+    """Python API of ``lsedu merge``: a recipe file (or :class:`MergeRecipe`) in, a merged folder out."""
+    if not isinstance(recipe, MergeRecipe):
+        recipe = load_recipe(recipe)
+    return merge_checkpoints(recipe, output, overwrite=overwrite, progress=progress)
