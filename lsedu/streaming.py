@@ -348,6 +348,7 @@ def merge_checkpoints(
 
     out = out.resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale(out)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
@@ -406,6 +407,14 @@ def merge_checkpoints(
     passes = 3 if recipe.global_threshold else 1
     return MergeReport(out, recipe.merge_method, len(base), len(names), passes, time.perf_counter() - start,
                        base.nbytes() * (1 + len(models)), saved)
+
+
+def _remove_stale(out: Path) -> None:
+    """Remove temporary folders that a killed merge into ``out`` left behind (their process is gone)."""
+    for stale in out.parent.glob(f".{out.name}.tmp-*"):
+        pid = stale.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and int(pid) != os.getpid() and not Path(f"/proc/{pid}").exists() and os.name == "posix":
+            shutil.rmtree(stale, ignore_errors=True)
 
 
 def _replace_dir(src: Path, dst: Path) -> None:
