@@ -137,6 +137,17 @@ class Checkpoint(Mapping):
             return self._pickled[name]
         return self._handles[f].get_tensor(name)
 
+    def read(self, name: str, rows: tuple[int, int] | None = None) -> torch.Tensor:
+        """The tensor ``name``, or only its rows ``rows[0]:rows[1]`` along the first dimension.
+
+        A slice of a safetensors file reads only those bytes.
+        """
+        if rows is None:
+            return self[name]
+        if self._pickled is not None and name in self._pickled:
+            return self._pickled[name][rows[0] : rows[1]]
+        return self._handles[self._where[name]].get_slice(name)[rows[0] : rows[1]]
+
     def __iter__(self) -> Iterator[str]:
         return iter(self._info)
 
@@ -210,23 +221,29 @@ class ShardedWriter:
         ]
         self._queue = [(i, e) for i, shard in enumerate(shards) for e in shard]
         self._pos = 0
+        self._done = 0  # bytes of the current tensor written so far
         self._file = None
         self._shard = -1
         self.total_size = 0
 
     def write(self, name: str, tensor: torch.Tensor) -> None:
+        """Append ``tensor``: a whole tensor, or the next rows of one (written in order, first dimension)."""
         if self._pos >= len(self._queue):
             raise ValueError(f"unexpected tensor {name!r}: every tensor of the layout is written")
         shard, (want, shape, dtype) = self._queue[self._pos]
-        if name != want or tuple(tensor.shape) != tuple(shape) or tensor.dtype != dtype:
-            raise ValueError(f"expected tensor {want!r} {tuple(shape)} {dtype}, got {name!r} "
+        size = math.prod(shape) * torch.empty(0, dtype=dtype).element_size()
+        data = tensor.detach().contiguous().reshape(-1).view(torch.uint8).numpy()
+        rows_ok = tuple(tensor.shape) == tuple(shape) or (len(shape) > 0 and tuple(tensor.shape[1:]) == tuple(shape[1:]))
+        if name != want or tensor.dtype != dtype or not rows_ok or self._done + data.nbytes > size:
+            raise ValueError(f"expected (rows of) tensor {want!r} {tuple(shape)} {dtype}, got {name!r} "
                              f"{tuple(tensor.shape)} {tensor.dtype}")
         if shard != self._shard:
             self._open(shard)
-        data = tensor.detach().contiguous().reshape(-1).view(torch.uint8).numpy()
         self._file.write(memoryview(data))
         self.total_size += data.nbytes
-        self._pos += 1
+        self._done += data.nbytes
+        if self._done == size:
+            self._pos, self._done = self._pos + 1, 0
 
     def _open(self, shard: int) -> None:
         self._close_file()
@@ -270,10 +287,21 @@ class MaskWriter:
         packed = [(name, (math.ceil(math.prod(shape) / 8),), torch.uint8) for name, shape in layout]
         self._writer = ShardedWriter(self.path.parent, packed, max_shard_bytes=2**62, metadata=meta,
                                      single_name=self.path.name)
+        self._numel = {name: math.prod(shape) for name, shape in layout}
+        self._carry = np.zeros(0, dtype=np.uint8)  # bits of the current tensor not yet packed into a byte
+        self._seen = 0
 
     def write(self, name: str, mask: torch.Tensor) -> None:
-        bits = np.packbits(mask.reshape(-1).numpy().astype(np.uint8))
-        self._writer.write(name, torch.from_numpy(bits))
+        """Append a mask: a whole tensor's, or the next rows of one, in order."""
+        bits = np.concatenate([self._carry, mask.reshape(-1).numpy().astype(np.uint8)])
+        self._seen += mask.numel()
+        last = self._seen == self._numel[name]
+        whole = len(bits) if last else len(bits) // 8 * 8
+        self._carry = bits[whole:]
+        if whole:
+            self._writer.write(name, torch.from_numpy(np.packbits(bits[:whole])))
+        if last:
+            self._seen = 0
 
     def close(self) -> None:
         self._writer.close()

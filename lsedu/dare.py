@@ -19,11 +19,34 @@ from .task_vectors import TaskVector
 from .ties import ties_merge
 
 
-def _generator(seed: int, name: str) -> torch.Generator:
-    # One stream per (seed, tensor name): the drop pattern of a tensor does not
-    # depend on which other tensors exist or on the order they are visited in,
-    # so a streaming merge draws exactly what an in-memory one draws.
-    return torch.Generator().manual_seed(zlib.crc32(f"{seed}:{name}".encode()))
+BLOCK = 1 << 20
+
+
+def uniform_stream(seed: int, name: str, numel: int, start: int = 0, end: int | None = None) -> torch.Tensor:
+    """Uniform [0, 1) draws for the flat entries ``start:end`` of the tensor ``name`` (``numel`` entries).
+
+    The draws come in blocks of 2**20 entries, block ``b`` from its own
+    generator seeded by ``(seed, name, b)``. So a tensor's drop pattern does not
+    depend on the other tensors, on the order they are visited in, or on how a
+    streaming merge cuts the tensor into chunks: any slice can be drawn alone
+    and equals the same slice of the whole.
+    """
+    end = numel if end is None else end
+    parts = []
+    for b in range(start // BLOCK, (end - 1) // BLOCK + 1 if end > start else start // BLOCK):
+        g = torch.Generator().manual_seed(zlib.crc32(f"{seed}:{name}:{b}".encode()))
+        block = torch.rand(min(BLOCK, numel - b * BLOCK), generator=g)
+        lo, hi = max(start - b * BLOCK, 0), min(end - b * BLOCK, len(block))
+        parts.append(block[lo:hi])
+    return torch.cat(parts) if parts else torch.empty(0)
+
+
+def drop_and_rescale(t: torch.Tensor, p: float, seed: int, name: str, numel: int | None = None,
+                     start: int = 0) -> torch.Tensor:
+    """DARE on the flat entries ``start:start + t.numel()`` of tensor ``name`` (of ``numel`` entries in all)."""
+    numel = t.numel() if numel is None else numel
+    keep = uniform_stream(seed, name, numel, start, start + t.numel()).reshape(t.shape) >= p
+    return torch.where(keep, t.float() / (1 - p), 0.0).to(t.dtype)
 
 
 def _check_seed(seed) -> None:
@@ -41,11 +64,7 @@ def dare(task_vector: Mapping[str, torch.Tensor], p: float, seed: int = 0) -> Ta
     check_task_vector(task_vector, "task_vector")
     p = check_fraction(p, "p", low_open=False, high_open=True)
     _check_seed(seed)
-    out = {}
-    for n, t in task_vector.items():
-        keep = torch.rand(t.shape, generator=_generator(seed, n)) >= p
-        out[n] = torch.where(keep, t.float() / (1 - p), 0.0).to(t.dtype)
-    return TaskVector(out)
+    return TaskVector({n: drop_and_rescale(t, p, seed, n) for n, t in task_vector.items()})
 
 
 def dare_merge(

@@ -35,13 +35,13 @@ from tqdm.auto import tqdm
 
 from ._checks import check_fraction, check_scalar
 from .checkpoints import Checkpoint, MaskWriter, ShardedWriter, load_masks
-from .dare import dare
+from .dare import drop_and_rescale
 from .localize_stitch import stitch
 from .soups import uniform_soup
 from .task_arithmetic import task_arithmetic
 from .task_vectors import apply_vector, select
 from .ties import disjoint_mean, elect_sign
-from .topk import RadixSelect, TopKMasker, count_for_density, per_tensor_topk_mask
+from .topk import RadixSelect, TopKMasker, count_for_density
 
 METHODS = {
     # method: {parameter: default}
@@ -259,48 +259,72 @@ class MergeReport:
     masks: list[Path] = field(default_factory=list)
 
 
-def _task_vectors(name: str, base: Checkpoint, models: Sequence[Checkpoint], recipe: MergeRecipe):
-    """float32 ``base[name]`` and every ``tau_i[name]`` (after DARE's drop, for the dare method)."""
-    b = _finite(base[name], name, base).float()
-    taus = [_finite(m[name], name, m).float() - b for m in models]
+#: Tensors larger than this many entries are merged a block of rows at a time, so that the
+#: temporaries of a 50,000-token embedding stay small: memory is bounded by the chunk, not the tensor.
+CHUNK_ENTRIES = 1 << 22
+
+
+def chunks(shape: tuple[int, ...], chunk: int | None = None) -> list[tuple[int, int] | None]:
+    """Row ranges along the first dimension covering a tensor, or ``[None]`` for one piece."""
+    chunk = CHUNK_ENTRIES if chunk is None else chunk
+    numel = 1
+    for s in shape:
+        numel *= s
+    if len(shape) == 0 or numel <= chunk:
+        return [None]
+    row = numel // shape[0] if shape[0] else 1
+    step = max(1, chunk // max(row, 1))
+    return [(a, min(a + step, shape[0])) for a in range(0, shape[0], step)]
+
+
+def _task_vectors(name: str, rows, base: Checkpoint, models: Sequence[Checkpoint], recipe: MergeRecipe):
+    """float32 ``base[name]`` and every ``tau_i[name]`` (rows ``rows`` only), after DARE's drop for dare."""
+    b = _finite(base.read(name, rows), name, base).float()
+    taus = []
+    for m in models:
+        # Not in place: safetensors may hand out views of its memory map, which a later pass reads again.
+        taus.append(_finite(m.read(name, rows), name, m).float() - b)
     if recipe.merge_method == "dare":
         p, seed = recipe.parameters["p"], recipe.parameters["seed"]
-        taus = [dare({name: t}, p, seed + i)[name] for i, t in enumerate(taus)]
+        numel = 1
+        for s in base.shape(name):
+            numel *= s
+        start = 0 if rows is None else rows[0] * (numel // base.shape(name)[0])
+        taus = [drop_and_rescale(t, p, seed + i, name, numel, start) for i, t in enumerate(taus)]
     return b, taus
 
 
-def _global_thresholds(names, base, models, recipe, progress) -> list[TopKMasker]:
-    """Exact top-k of |tau_i| over all merged tensors, for every model at once: two streamed passes."""
+def _thresholds(units, base, models, recipe, progress, what: str) -> list[TopKMasker]:
+    """Exact top-k of |tau_i| over ``units`` (name, rows), for every model at once: two streamed passes."""
     selectors = [RadixSelect() for _ in models]
-    for name in tqdm(names, desc="pass 1/3: histograms", disable=not progress, leave=False):
-        _, taus = _task_vectors(name, base, models, recipe)
-        for sel, t in zip(selectors, taus):
+    for name, rows in tqdm(units, desc=f"{what}: histograms", disable=not progress, leave=False):
+        for sel, t in zip(selectors, _task_vectors(name, rows, base, models, recipe)[1]):
             sel.count(t)
     density = recipe.parameters["density"]
     for sel in selectors:
         sel.choose_bucket(count_for_density(sel.n, density))
-    for name in tqdm(names, desc="pass 2/3: thresholds", disable=not progress, leave=False):
-        _, taus = _task_vectors(name, base, models, recipe)
-        for sel, t in zip(selectors, taus):
+    for name, rows in tqdm(units, desc=f"{what}: thresholds", disable=not progress, leave=False):
+        for sel, t in zip(selectors, _task_vectors(name, rows, base, models, recipe)[1]):
             sel.refine(t)
     return [TopKMasker(sel.result()) for sel in selectors]
 
 
-def _merge_one(name, b, taus, recipe, maskers, loaded) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """The merged float32 tensor ``name``, and the masks used (for localize_stitch)."""
+def _merge_part(name, b, taus, recipe, maskers, loaded) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The merged float32 part of tensor ``name``, and the masks used (for localize_stitch).
+
+    ``maskers`` hold the exact top-k thresholds (global, or of this tensor
+    for a per-tensor trim); ``loaded`` the parts of masks read from disk.
+    """
     m, p = recipe.merge_method, recipe.parameters
     bd = {name: b}
     tvs = [{name: t} for t in taus]
     if m == "task_arithmetic" or (m == "dare" and p["then"] == "task_arithmetic"):
         return task_arithmetic(bd, tvs, p["lambda"])[name], []
     if m in ("ties", "dare"):
-        if p["trim"] == "global":
-            trimmed = [{name: torch.where(mk(t), t, 0.0)} for mk, t in zip(maskers, taus)]
-        else:
-            trimmed = [{name: torch.where(per_tensor_topk_mask(tv, p["density"])[name], tv[name], 0.0)} for tv in tvs]
+        trimmed = [{name: t.masked_fill_(~mk(t), 0.0)} for mk, t in zip(maskers, taus)]  # taus are fresh tensors
         return apply_vector(bd, disjoint_mean(trimmed, elect_sign(trimmed)), p["lambda"])[name], []
     if m == "localize_stitch":
-        masks = [lm[name] for lm in loaded] if loaded is not None else [mk(t) for mk, t in zip(maskers, taus)]
+        masks = loaded if loaded is not None else [mk(t) for mk, t in zip(maskers, taus)]
         return stitch(bd, tvs, [{name: mk} for mk in masks])[name], masks
     raise AssertionError(m)
 
@@ -357,7 +381,13 @@ def merge_checkpoints(
     mask_writers: list[MaskWriter] = []
     mask_dir_tmp = None
     try:
-        maskers = _global_thresholds(names, base, models, recipe, progress) if recipe.global_threshold else None
+        units = {n: chunks(base.shape(n)) for n in names}
+        maskers = None
+        if recipe.global_threshold:
+            flat_units = [(n, r) for n in names for r in units[n]]
+            maskers = _thresholds(flat_units, base, models, recipe, progress, "global top-k")
+        per_tensor = recipe.merge_method in ("ties", "dare") and recipe.parameters.get("trim") == "per_tensor" and (
+            recipe.merge_method == "ties" or recipe.parameters["then"] == "ties")
         if recipe.save_masks is not None:
             mask_dir_tmp = recipe.save_masks.resolve().parent / f".{recipe.save_masks.name}.tmp-{os.getpid()}"
             shutil.rmtree(mask_dir_tmp, ignore_errors=True)
@@ -368,17 +398,24 @@ def merge_checkpoints(
         last = "pass 3/3: merge" if recipe.global_threshold else "merge"
         for name in tqdm(list(base), desc=last, disable=not progress):
             if name not in merged_names:
-                writer.write(name, base[name])
+                for rows in chunks(base.shape(name)):
+                    writer.write(name, base.read(name, rows))
                 continue
-            if recipe.merge_method == "average":
-                merged = uniform_soup([{name: _finite(m[name], name, m)} for m in models])[name]
-                writer.write(name, merged)
-                continue
-            b, taus = _task_vectors(name, base, models, recipe)
-            merged, masks = _merge_one(name, b, taus, recipe, maskers, loaded)
-            writer.write(name, merged.to(base.dtype(name)))
-            for w, mk in zip(mask_writers, masks):
-                w.write(name, mk)
+            if per_tensor:  # this tensor's own exact thresholds, over its chunks
+                maskers = _thresholds([(name, r) for r in units[name]], base, models, recipe, False, name)
+            for rows in units[name]:
+                if recipe.merge_method == "average":
+                    merged = uniform_soup([{name: _finite(m.read(name, rows), name, m)} for m in models])[name]
+                    writer.write(name, merged)
+                    continue
+                b, taus = _task_vectors(name, rows, base, models, recipe)
+                part = None
+                if loaded is not None:
+                    part = [lm[name] if rows is None else lm[name][rows[0] : rows[1]] for lm in loaded]
+                merged, masks = _merge_part(name, b, taus, recipe, maskers, part)
+                writer.write(name, merged.to(base.dtype(name)))
+                for w, mk in zip(mask_writers, masks):
+                    w.write(name, mk)
         writer.close()
         for w in mask_writers:
             w.close()
