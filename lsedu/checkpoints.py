@@ -166,8 +166,12 @@ class Checkpoint(Mapping):
     def file_of(self, name: str) -> Path:
         return self._where[name]
 
+    def nbytes_of(self, name: str) -> int:
+        shape, dtype = self._info[name]
+        return math.prod(shape) * torch.empty(0, dtype=dtype).element_size()
+
     def nbytes(self) -> int:
-        return sum(math.prod(s) * torch.empty(0, dtype=d).element_size() for s, d in self._info.values())
+        return sum(self.nbytes_of(n) for n in self._info)
 
     @property
     def folder(self) -> Path:

@@ -27,7 +27,7 @@ def main(argv=None) -> int:
         print(f"lsedu merge: error: {e}", file=sys.stderr)
         return 2
     print(f"merged {report.merged_tensors} of {report.tensors} tensors with {report.method} in "
-          f"{report.seconds:.1f} s ({report.read_passes} read pass{'es' if report.read_passes > 1 else ''}) "
+          f"{report.seconds:.1f} s (inputs read {report.read_passes:.2f} times) "
           f"-> {report.output}")
     for p in report.masks:
         print(f"mask saved: {p}")

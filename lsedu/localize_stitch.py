@@ -206,9 +206,14 @@ def stitch(
         raise ValueError(f"masks must be a list with one mask per task vector ({len(tvs)}), got {n}")
     for i, m in enumerate(masks):
         check_mask(m, tvs[i], f"masks[{i}]", f"task_vectors[{i}]")
+    return apply_vector(base, _stitched_vector(tvs, masks), 1.0)
+
+
+def _stitched_vector(tvs, masks) -> dict[str, torch.Tensor]:
+    """``sum_i gamma'_i * tau_i`` with overlaps averaged; inputs already checked."""
     merged = {}
     for n in tvs[0]:
         total = sum(torch.where(m[n], tv[n].float(), 0.0) for tv, m in zip(tvs, masks))
         coverage = sum(m[n].float() for m in masks)
         merged[n] = total / coverage.clamp(min=1)
-    return apply_vector(base, merged, 1.0)
+    return merged

@@ -25,6 +25,7 @@ import os
 import re
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,14 +34,13 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
-from ._checks import check_fraction, check_scalar
+from ._checks import all_finite, check_fraction, check_scalar
 from .checkpoints import Checkpoint, MaskWriter, ShardedWriter, load_masks
 from .dare import drop_and_rescale
-from .localize_stitch import stitch
+from .localize_stitch import _stitched_vector
 from .soups import uniform_soup
-from .task_arithmetic import task_arithmetic
-from .task_vectors import apply_vector, select
-from .ties import disjoint_mean, elect_sign
+from .task_vectors import select
+from .ties import _disjoint_mean, _elect_sign
 from .topk import RadixSelect, TopKMasker, count_for_density
 
 METHODS = {
@@ -240,7 +240,7 @@ def _check_output(out: Path, inputs: Sequence[Path], overwrite: bool) -> None:
 
 
 def _finite(t: torch.Tensor, name: str, ckpt: Checkpoint) -> torch.Tensor:
-    if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+    if not all_finite(t):
         raise ValueError(f"tensor {name!r} in {ckpt.file_of(name)} has {int((~torch.isfinite(t)).sum())} "
                          "non-finite value(s) (NaN or inf)")
     return t
@@ -253,7 +253,7 @@ class MergeReport:
     method: str
     tensors: int
     merged_tensors: int
-    read_passes: int
+    read_passes: float
     seconds: float
     input_bytes: int
     masks: list[Path] = field(default_factory=list)
@@ -277,14 +277,45 @@ def chunks(shape: tuple[int, ...], chunk: int | None = None) -> list[tuple[int, 
     return [(a, min(a + step, shape[0])) for a in range(0, shape[0], step)]
 
 
-def _task_vectors(name: str, rows, base: Checkpoint, models: Sequence[Checkpoint], recipe: MergeRecipe):
-    """float32 ``base[name]`` and every ``tau_i[name]`` (rows ``rows`` only), after DARE's drop for dare."""
-    b = _finite(base.read(name, rows), name, base).float()
-    taus = []
-    for m in models:
-        # Not in place: safetensors may hand out views of its memory map, which a later pass reads again.
-        taus.append(_finite(m.read(name, rows), name, m).float() - b)
+def _read(name: str, rows, ckpts: Sequence[Checkpoint]) -> list[torch.Tensor]:
+    """The raw bytes of tensor ``name`` (rows ``rows``) from every checkpoint: the I/O of one unit."""
+    return [c.read(name, rows) for c in ckpts]
+
+
+def _prefetch(units, load):
+    """Yield ``(unit, load(unit))``, loading the next unit in a thread while the caller computes.
+
+    Reading (a copy out of the memory-mapped file) and torch's kernels both
+    release the GIL, so the disk and the cores work at the same time; one
+    unit ahead keeps the extra memory to one unit.
+    """
+    units = list(units)
+    if not units:
+        return
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        ahead = pool.submit(load, units[0])
+        for i, unit in enumerate(units):
+            data = ahead.result()
+            if i + 1 < len(units):
+                ahead = pool.submit(load, units[i + 1])
+            yield unit, data
+
+
+def _task_vectors(name: str, rows, raw: Sequence[torch.Tensor], ckpts: Sequence[Checkpoint], recipe: MergeRecipe,
+                  check: bool = True):
+    """float32 ``base[name]`` and every ``tau_i[name]`` (rows ``rows`` only), after DARE's drop for dare.
+
+    ``raw`` is what :func:`_read` returned for ``ckpts = [base, *models]``.
+    ``check``: look for NaN and inf (the first pass over the inputs does; later passes read the same bytes).
+    """
+    if check:
+        for t, c in zip(raw, ckpts):
+            _finite(t, name, c)
+    b = raw[0].float()
+    # Not in place: safetensors may hand out views of its memory map, which a later pass reads again.
+    taus = [t.float() - b for t in raw[1:]]
     if recipe.merge_method == "dare":
+        base = ckpts[0]
         p, seed = recipe.parameters["p"], recipe.parameters["seed"]
         numel = 1
         for s in base.shape(name):
@@ -294,19 +325,31 @@ def _task_vectors(name: str, rows, base: Checkpoint, models: Sequence[Checkpoint
     return b, taus
 
 
-def _thresholds(units, base, models, recipe, progress, what: str) -> list[TopKMasker]:
+def _thresholds(units, ckpts, recipe, progress, what: str) -> list[TopKMasker]:
     """Exact top-k of |tau_i| over ``units`` (name, rows), for every model at once: two streamed passes."""
-    selectors = [RadixSelect() for _ in models]
-    for name, rows in tqdm(units, desc=f"{what}: histograms", disable=not progress, leave=False):
-        for sel, t in zip(selectors, _task_vectors(name, rows, base, models, recipe)[1]):
+    selectors = [RadixSelect() for _ in ckpts[1:]]
+    load = lambda u: _read(u[0], u[1], ckpts)  # noqa: E731
+    for (name, rows), raw in tqdm(_prefetch(units, load), total=len(units), desc=f"{what}: histograms",
+                                  disable=not progress, leave=False):
+        for sel, t in zip(selectors, _task_vectors(name, rows, raw, ckpts, recipe)[1]):
             sel.count(t)
     density = recipe.parameters["density"]
     for sel in selectors:
         sel.choose_bucket(count_for_density(sel.n, density))
-    for name, rows in tqdm(units, desc=f"{what}: thresholds", disable=not progress, leave=False):
-        for sel, t in zip(selectors, _task_vectors(name, rows, base, models, recipe)[1]):
+    for (name, rows), raw in tqdm(_prefetch(units, load), total=len(units), desc=f"{what}: thresholds",
+                                  disable=not progress, leave=False):
+        for sel, t in zip(selectors, _task_vectors(name, rows, raw, ckpts, recipe, check=False)[1]):
             sel.refine(t)
     return [TopKMasker(sel.result()) for sel in selectors]
+
+
+def _masker(t: torch.Tensor, density: float) -> TopKMasker:
+    """The exact top-``density`` of one tensor held in memory (a per-tensor trim)."""
+    sel = RadixSelect()
+    sel.count(t)
+    sel.choose_bucket(count_for_density(t.numel(), density))
+    sel.refine(t)
+    return TopKMasker(sel.result())
 
 
 def _merge_part(name, b, taus, recipe, maskers, loaded) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -315,17 +358,16 @@ def _merge_part(name, b, taus, recipe, maskers, loaded) -> tuple[torch.Tensor, l
     ``maskers`` hold the exact top-k thresholds (global, or of this tensor
     for a per-tensor trim); ``loaded`` the parts of masks read from disk.
     """
+    # The inputs were checked once, up front: call the methods' kernels, not their checked front doors.
     m, p = recipe.merge_method, recipe.parameters
-    bd = {name: b}
-    tvs = [{name: t} for t in taus]
     if m == "task_arithmetic" or (m == "dare" and p["then"] == "task_arithmetic"):
-        return task_arithmetic(bd, tvs, p["lambda"])[name], []
+        return b + p["lambda"] * sum(taus), []
     if m in ("ties", "dare"):
         trimmed = [{name: t.masked_fill_(~mk(t), 0.0)} for mk, t in zip(maskers, taus)]  # taus are fresh tensors
-        return apply_vector(bd, disjoint_mean(trimmed, elect_sign(trimmed)), p["lambda"])[name], []
+        return b + p["lambda"] * _disjoint_mean(trimmed, _elect_sign(trimmed))[name], []
     if m == "localize_stitch":
         masks = loaded if loaded is not None else [mk(t) for mk, t in zip(maskers, taus)]
-        return stitch(bd, tvs, [{name: mk} for mk in masks])[name], masks
+        return b + _stitched_vector([{name: t} for t in taus], [{name: mk} for mk in masks])[name], masks
     raise AssertionError(m)
 
 
@@ -385,7 +427,7 @@ def merge_checkpoints(
         maskers = None
         if recipe.global_threshold:
             flat_units = [(n, r) for n in names for r in units[n]]
-            maskers = _thresholds(flat_units, base, models, recipe, progress, "global top-k")
+            maskers = _thresholds(flat_units, [base, *models], recipe, progress, "global top-k")
         per_tensor = recipe.merge_method in ("ties", "dare") and recipe.parameters.get("trim") == "per_tensor" and (
             recipe.merge_method == "ties" or recipe.parameters["then"] == "ties")
         if recipe.save_masks is not None:
@@ -396,26 +438,39 @@ def merge_checkpoints(
             mask_writers = [MaskWriter(mask_dir_tmp / f"mask_{i}.safetensors", [(n, base.shape(n)) for n in names],
                                        {**meta, "model": str(p)}) for i, p in enumerate(recipe.models)]
         last = "pass 3/3: merge" if recipe.global_threshold else "merge"
-        for name in tqdm(list(base), desc=last, disable=not progress):
+        ckpts = [base, *models]
+        work = [(n, r) for n in base for r in (units[n] if n in merged_names else chunks(base.shape(n)))]
+
+        def load(unit):
+            name, rows = unit
+            return _read(name, rows, ckpts if name in merged_names else [base])
+
+        current = None
+        for (name, rows), raw in tqdm(_prefetch(work, load), total=len(work), desc=last, disable=not progress):
             if name not in merged_names:
-                for rows in chunks(base.shape(name)):
-                    writer.write(name, base.read(name, rows))
+                writer.write(name, raw[0])
                 continue
-            if per_tensor:  # this tensor's own exact thresholds, over its chunks
-                maskers = _thresholds([(name, r) for r in units[name]], base, models, recipe, False, name)
-            for rows in units[name]:
-                if recipe.merge_method == "average":
-                    merged = uniform_soup([{name: _finite(m.read(name, rows), name, m)} for m in models])[name]
-                    writer.write(name, merged)
-                    continue
-                b, taus = _task_vectors(name, rows, base, models, recipe)
-                part = None
-                if loaded is not None:
-                    part = [lm[name] if rows is None else lm[name][rows[0] : rows[1]] for lm in loaded]
-                merged, masks = _merge_part(name, b, taus, recipe, maskers, part)
-                writer.write(name, merged.to(base.dtype(name)))
-                for w, mk in zip(mask_writers, masks):
-                    w.write(name, mk)
+            cut = len(units[name]) > 1
+            if per_tensor and cut and name != current:  # this tensor's own thresholds: two more reads of it
+                maskers = _thresholds([(name, r) for r in units[name]], ckpts, recipe, False, name)
+            current = name
+            if recipe.merge_method == "average":
+                for t, c in zip(raw[1:], models):
+                    _finite(t, name, c)
+                writer.write(name, uniform_soup([{name: t} for t in raw[1:]])[name])
+                continue
+            first_read = not recipe.global_threshold and not (per_tensor and cut)
+            b, taus = _task_vectors(name, rows, raw, ckpts, recipe, check=first_read)
+            del raw
+            if per_tensor and not cut:  # the whole tensor is in memory: rank it there
+                maskers = [_masker(t, recipe.parameters["density"]) for t in taus]
+            part = None
+            if loaded is not None:
+                part = [lm[name] if rows is None else lm[name][rows[0] : rows[1]] for lm in loaded]
+            merged, masks = _merge_part(name, b, taus, recipe, maskers, part)
+            writer.write(name, merged.to(base.dtype(name)))
+            for w, mk in zip(mask_writers, masks):
+                w.write(name, mk)
         writer.close()
         for w in mask_writers:
             w.close()
@@ -441,7 +496,15 @@ def merge_checkpoints(
         if mask_dir_tmp is not None:
             shutil.rmtree(mask_dir_tmp, ignore_errors=True)
         raise
-    passes = 3 if recipe.global_threshold else 1
+    # How many times each input byte was read, on average: global thresholds read everything three
+    # times; a per-tensor trim reads the tensors it had to cut into chunks three times, the rest once.
+    if recipe.global_threshold:
+        passes = 3.0
+    elif per_tensor:
+        cut_bytes = sum(base.nbytes_of(n) for n in names if len(units[n]) > 1)
+        passes = 1.0 + 2.0 * cut_bytes / max(base.nbytes(), 1)
+    else:
+        passes = 1.0
     return MergeReport(out, recipe.merge_method, len(base), len(names), passes, time.perf_counter() - start,
                        base.nbytes() * (1 + len(models)), saved)
 

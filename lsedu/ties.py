@@ -60,7 +60,10 @@ def elect_sign(trimmed: Sequence[Mapping[str, torch.Tensor]]) -> dict[str, torch
     order of the task vectors cannot flip a close election. Returns float32
     tensors of -1, 0, +1.
     """
-    tvs = check_task_vectors(trimmed, "trimmed")
+    return _elect_sign(check_task_vectors(trimmed, "trimmed"))
+
+
+def _elect_sign(tvs):
     return {n: torch.sign(sum(tv[n].double() for tv in tvs)).float() for n in tvs[0]}
 
 
@@ -72,6 +75,10 @@ def disjoint_mean(trimmed: Sequence[Mapping[str, torch.Tensor]], signs: Mapping[
     """
     tvs = check_task_vectors(trimmed, "trimmed")
     _check_signs(signs, tvs[0])
+    return TaskVector(_disjoint_mean(tvs, signs))
+
+
+def _disjoint_mean(tvs, signs) -> dict[str, torch.Tensor]:
     out = {}
     for n in tvs[0]:
         gamma = signs[n]
@@ -83,7 +90,7 @@ def disjoint_mean(trimmed: Sequence[Mapping[str, torch.Tensor]], signs: Mapping[
             total += torch.where(agree, t, 0.0)
             count += agree
         out[n] = (total / count.clamp(min=1)).to(tvs[0][n].dtype)
-    return TaskVector(out)
+    return out
 
 
 def _check_signs(signs, like: Mapping[str, torch.Tensor]) -> None:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ._checks import Mask, check_fraction
+from ._checks import Mask, all_finite, check_fraction
 
 _BINS = 1 << 16
 
@@ -74,7 +74,7 @@ def _check_entry(name, t, arg: str) -> None:
         raise TypeError(f"{arg}[{name!r}] must be a torch.Tensor, got {type(t).__name__}")
     if not t.is_floating_point():
         raise TypeError(f"{arg}[{name!r}] has dtype {t.dtype}; top-k ranks floating-point tensors")
-    if not bool(torch.isfinite(t).all()):
+    if not all_finite(t):
         raise ValueError(f"{arg}[{name!r}] has {int((~torch.isfinite(t)).sum())} non-finite value(s) (NaN or inf)")
 
 
