@@ -2,7 +2,8 @@
 
 Most tests run a tiny random Llama (2 layers, hidden size 32) with a byte-level
 BPE tokenizer trained here on a few sentences, so they take seconds; the data
-tests read the real offline files (WordNet, Rotten Tomatoes, word counts).
+tests read the real offline files (WordNet, Rotten Tomatoes, word counts). One
+test (marked slow, ~35 s) dequantises the real SmolLM2 GGUF into a temporary cache.
 """
 
 from __future__ import annotations
@@ -143,11 +144,26 @@ def test_tied_embedding_appears_once_in_the_body(tok):
     bad = {**sd, "lm_head.weight": torch.zeros_like(sd["model.embed_tokens.weight"])}
     with pytest.raises(ValueError, match="tied"):
         other.load_state_dict(bad)
-    # functional_call (as in localize_trained) sees the tie: zero embeddings give zero logits
+    # functional_call (as in localize_trained) sees the tie either way: zero embeddings give zero logits
     zero = {"model.embed_tokens.weight": torch.zeros_like(sd["model.embed_tokens.weight"])}
     ids = torch.tensor([[3, 4, 5]])
-    out = torch.func.functional_call(other, zero, kwargs={"input_ids": ids}).logits
-    assert out.abs().max() == 0
+    for tie in (True, False):
+        out = torch.func.functional_call(other, zero, kwargs={"input_ids": ids}, tie_weights=tie).logits
+        assert out.abs().max() == 0, tie
+    assert other(input_ids=ids).logits.abs().max() > 0  # and the module's own weights are back
+
+
+def test_localize_trained_runs_on_the_setup_loss(tok, tmp_path, monkeypatch):
+    """The contract with lsedu.localize_trained: the loss takes a functional_call forward and the batches."""
+    from lsedu import localize_trained
+
+    monkeypatch.setenv("LSEDU_CACHE", str(tmp_path))
+    s = TinySetup(tok, **SMALL)
+    pre = s.pretrained()
+    tau = {n: torch.randn_like(t) * 0.01 for n, t in pre.items() if "layers" in n}
+    mask, log = localize_trained(s.module(pre), pre, tau, s.localization_loss("sentiment"),
+                                 s.localization_batches("sentiment", 8), density=0.1, epochs=1, progress=False)
+    assert set(mask) == set(tau) and len(log) == 1
 
 
 # ----------------------------------------------------------------------------- the setup on a tiny model

@@ -505,50 +505,63 @@ def _common_nouns(nouns: str, index: str, counts: str, max_rank: int) -> Mapping
 # ----------------------------------------------------------------------------- tied weights
 
 
-def tied_aliases(model: nn.Module) -> dict[str, str]:
-    """``{alias: name}`` for state-dict entries that are the same tensor as an earlier entry (tied weights)."""
-    first: dict[int, str] = {}
-    out = {}
-    for n, t in model.state_dict(keep_vars=True).items():
-        if id(t) in first:
-            out[n] = first[id(t)]
-        else:
-            first[id(t)] = n
-    return out
+class TiedHead(nn.Module):
+    """An output layer that *reads* the input embedding's weight at every call, and owns no parameter.
+
+    ``logits = hidden @ embedding.weight.T (+ bias)``. The embedding module
+    is held outside the module tree, so the weight is listed once, under the
+    embedding's name, in ``state_dict()``, ``named_parameters()`` and task
+    vectors; and whatever replaces that weight (``load_state_dict``, or
+    ``torch.func.functional_call`` with or without ``tie_weights``, as
+    :func:`lsedu.localize_trained` does) reaches the output layer too.
+    """
+
+    def __init__(self, embedding: nn.Embedding, bias: torch.Tensor | None = None):
+        super().__init__()
+        self._embedding = (embedding,)  # a tuple: not registered as a submodule
+        self.bias = bias
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self._embedding[0].weight
+
+    def register_parameter(self, name: str, param: nn.Parameter | None) -> None:
+        # transformers' model.tie_weights() (called by lm-eval's HFLM) sets lm_head.weight to the
+        # embedding's weight: that is already so here, and any other weight would break the tie.
+        if name == "weight":
+            if param is not self._embedding[0].weight:
+                raise ValueError("the output layer is tied to the input embedding; set the embedding's weight")
+            return
+        super().register_parameter(name, param)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return F.linear(hidden, self._embedding[0].weight, self.bias)
 
 
 def tie_aware(model: nn.Module) -> nn.Module:
-    """Make ``model.state_dict()`` list each tied tensor once, and let ``load_state_dict`` accept that.
+    """Give a tied transformers LM a :class:`TiedHead`, so its state dict holds the tied matrix once.
 
-    ``lm_head.weight`` of a tied LM is dropped from the state dict (it is
-    ``model.embed_tokens.weight``), and loading a state dict without it is
-    not an error. A state dict that still holds an alias must agree with
-    its source, else ValueError: tied weights cannot differ.
+    For SmolLM2 (and GPT-2): ``lm_head.weight`` is ``model.embed_tokens.weight``
+    (``wte``); after this call the state dict has 272 entries, not 273, and
+    a state dict that still holds ``lm_head.weight`` loads only if it equals
+    the embedding (it is dropped), else ValueError: tied weights cannot
+    differ. An untied model is returned unchanged. Returns ``model``.
     """
-    aliases = tied_aliases(model)
-    if not aliases:
+    inp, out = model.get_input_embeddings(), model.get_output_embeddings()
+    if out is None or isinstance(out, TiedHead) or out.weight is not inp.weight:
         return model
+    alias = next(n for n, m in model.named_modules() if m is out) + ".weight"
+    source = next(n for n, m in model.named_modules() if m is inp) + ".weight"
+    model.set_output_embeddings(TiedHead(inp, getattr(out, "bias", None)))
 
-    def drop(module, state_dict, prefix, local_metadata):
-        for a in aliases:
-            state_dict.pop(prefix + a, None)
-        return state_dict
+    def drop_alias(module, state_dict, prefix, *args):
+        if prefix + alias in state_dict:
+            value = state_dict.pop(prefix + alias)
+            if prefix + source in state_dict and not torch.equal(value, state_dict[prefix + source]):
+                raise ValueError(f"state dict holds {alias!r} different from {source!r}, but they are tied "
+                                 f"(one tensor in this model)")
 
-    def check(module, state_dict, prefix, local_metadata, strict, missing, unexpected, errors):
-        for a, src in aliases.items():
-            if prefix + a in state_dict:
-                if prefix + src in state_dict and not torch.equal(state_dict[prefix + a], state_dict[prefix + src]):
-                    raise ValueError(f"state dict holds {a!r} different from {src!r}, but they are tied (one tensor)")
-                state_dict.pop(prefix + a)
-
-    def allow_missing(module, incompatible):
-        for a in aliases:
-            if a in incompatible.missing_keys:
-                incompatible.missing_keys.remove(a)
-
-    model._register_state_dict_hook(drop)
-    model._register_load_state_dict_pre_hook(check, with_module=True)
-    model.register_load_state_dict_post_hook(allow_missing)
+    model.register_load_state_dict_pre_hook(drop_alias)
     return model
 
 
