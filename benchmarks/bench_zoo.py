@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/bench_zoo.py                      # text, vision, causal_lm
     .venv/bin/python benchmarks/bench_zoo.py --setups text vision
+    .venv/bin/python benchmarks/bench_zoo.py --cache ~/.cache/lsedu   # an empty folder, kept afterwards
 
 For each setup it produces every task's fine-tune (with the default
 FinetuneConfig) twice in a fresh process each:
@@ -20,6 +21,7 @@ makes a task that teaches nothing. Nothing here is a test: it only prints.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -66,13 +68,21 @@ def run(setup: str, cache: Path, mode: str) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--setups", nargs="+", default=["text", "vision", "causal_lm"])
+    ap.add_argument("--cache", type=Path, help="an empty (or missing) folder to fill and keep, e.g. the real "
+                    "cache, so that the book reuses the fine-tunes; default: a temporary folder, deleted after")
     args = ap.parse_args()
+    if args.cache is not None:
+        args.cache = args.cache.expanduser()
+        if args.cache.exists() and any(args.cache.iterdir()):
+            ap.error(f"--cache {args.cache} is not empty: the cold run needs an empty cache")
     import torch
 
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
           f"threads {torch.get_num_threads()}\n")
     for name in args.setups:
-        with tempfile.TemporaryDirectory(prefix="lsedu-bench-zoo-") as cache:
+        with contextlib.ExitStack() as stack:
+            cache = (args.cache if args.cache is not None
+                     else stack.enter_context(tempfile.TemporaryDirectory(prefix="lsedu-bench-zoo-")))
             cold = run(name, Path(cache), "time")
             t = time.perf_counter()
             warm = run(name, Path(cache), "score")
