@@ -51,6 +51,36 @@ fi
   || need_system_package "dataset-fashion-mnist" "Fashion-MNIST, an image task"
 
 extras=$(printf '%s\n' "$@" | sort -u | paste -sd, -)
+has_extra() { case ",$extras," in *",$1,"*) return 0;; esac; return 1; }
+
+# The site test drives the built book in a headless browser.
+if has_extra test; then
+  command -v chromium >/dev/null 2>&1 || need_system_package "chromium" "headless browser for the test of the built site"
+  command -v chromedriver >/dev/null 2>&1 || need_system_package "chromium-driver" "lets the site test drive chromium"
+fi
+
+# The book serves its own copies of require.js, the widgets' html-manager and MathJax, so that
+# widgets and equations render with no network: fetched from npm at the versions (and sha512
+# hashes) of book/js/package-lock.json, copied to book/js/static (html_static_path), never committed.
+if has_extra book; then
+  command -v npm >/dev/null 2>&1 || need_system_package "npm" "fetches the book's JavaScript (widgets, MathJax) from the npm registry"
+  js_want=$(cat book/js/package-lock.json scripts/setup.sh | sha256sum | cut -d' ' -f1)
+  if [ "$(cat book/js/static/.stamp 2>/dev/null)" != "$js_want" ]; then
+    say "fetching the book's JavaScript from npm (book/js/package-lock.json)"
+    npm ci --prefix book/js --no-audit --no-fund --ignore-scripts --loglevel=error >/dev/null \
+      || die "npm could not install book/js/package-lock.json. Check your connection to the npm registry and try again."
+    m=book/js/node_modules
+    rm -rf book/js/static.tmp && mkdir -p book/js/static.tmp/mathjax
+    cp "$m/requirejs/require.js" book/js/static.tmp/
+    cp "$m/@jupyter-widgets/html-manager/dist/embed-amd.js" book/js/static.tmp/
+    # the widgets' icon fonts, which embed-amd.js loads from its own folder
+    cp "$m"/@jupyter-widgets/html-manager/dist/*.{woff,woff2,ttf,eot,svg} book/js/static.tmp/
+    cp -r "$m/mathjax/es5/." book/js/static.tmp/mathjax/
+    echo "$js_want" > book/js/static.tmp/.stamp
+    rm -rf book/js/static && mv book/js/static.tmp book/js/static
+  fi
+fi
+
 spec="."; [ -n "$extras" ] && spec=".[$extras]"
 stamp=".venv/.lsedu-install-$(printf '%s' "$extras" | tr ',' '-')"
 want=$(cat pyproject.toml requirements-nodeps.txt scripts/setup.sh | sha256sum | cut -d' ' -f1)

@@ -3,7 +3,7 @@
 # every notebook under nbval. Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-bash scripts/setup.sh test
+bash scripts/setup.sh test book   # book: the site test builds the book and opens it in Chromium
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 MPLBACKEND=Agg
 status=0
 .venv/bin/python -m pytest "$@" || status=$?
