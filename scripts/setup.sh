@@ -84,10 +84,17 @@ fi
 spec="."; [ -n "$extras" ] && spec=".[$extras]"
 stamp=".venv/.lsedu-install-$(printf '%s' "$extras" | tr ',' '-')"
 want=$(cat pyproject.toml requirements-nodeps.txt scripts/setup.sh | sha256sum | cut -d' ' -f1)
-if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
-  say "already installed: lsedu$([ -n "$extras" ] && echo "[$extras]") (delete .venv to reinstall)"
-  exit 0
-fi
+# Skip when an earlier run installed these extras (or more) from the same files.
+for done_stamp in .venv/.lsedu-install-*; do
+  [ -f "$done_stamp" ] && [ "$(cat "$done_stamp")" = "$want" ] || continue
+  had=",${done_stamp#.venv/.lsedu-install-},"; had=${had//-/,}
+  missing=0
+  for e in ${extras//,/ }; do case "$had" in *",$e,"*) ;; *) missing=1;; esac; done
+  if [ "$missing" = 0 ]; then
+    say "already installed: lsedu$([ -n "$extras" ] && echo "[$extras]") (delete .venv to reinstall)"
+    exit 0
+  fi
+done
 
 say "installing lsedu$([ -n "$extras" ] && echo "[$extras]") and its pinned dependencies into .venv (the first time downloads PyTorch)"
 .venv/bin/python -m pip install --quiet --disable-pip-version-check --progress-bar off -e "$spec" \
