@@ -221,7 +221,7 @@ def offline(monkeypatch):
     (lambda: ClipViTB32(progress=False).pretrained(), "openai", "vision"),
     (lambda: ClipViTB32(progress=False).task("DTD"), "tanganke/dtd", "vision"),
     (lambda: GPT2XL(progress=False).load_pretrained(), "openai-community/gpt2-xl", "causal_lm"),
-    (lambda: GPT2XL(progress=False).finetune("science"), "lgaalves/gpt2-xl_camel-ai-physics", "causal_lm"),
+    (lambda: GPT2XL(progress=False).finetune("science"), "lgaalves/gpt-2-xl_camel-ai-physics", "causal_lm"),
 ])
 def test_hub_loaders_offline_raise_asset_missing(offline, call, hub_id, laptop):
     with pytest.raises(AssetMissing) as err:

@@ -1026,13 +1026,16 @@ class LLMTask:
 
 #: The three skills of Localize-and-Stitch's GPT2-XL experiment. Benchmarks and few-shot counts follow the Open LLM
 #: Leaderboard protocol that these fine-tunes' model cards report (MMLU 5-shot acc, ARC-Challenge 25-shot acc_norm,
-#: TruthfulQA 0-shot mc2). The fine-tune ids are *our* picks of public GPT2-XL fine-tunes for each skill: the paper's
-#: exact checkpoints could not be confirmed offline, and no public GPT2-XL truthfulness fine-tune is known to us, so
-#: ``truthfulness`` has none (pass ``GPT2XLConfig(finetunes={...})`` with the one you use).
+#: TruthfulQA 0-shot mc2). The fine-tune ids are *our* picks of public GPT2-XL fine-tunes for each skill, both
+#: LoRA fine-tunes merged into full gpt2-xl weights, checked against their hub pages on 2026-11-30:
+#: huggingface.co/lgaalves/gpt2-xl_lima (GAIR/lima) and huggingface.co/lgaalves/gpt-2-xl_camel-ai-physics (the
+#: repository is spelled "gpt-2-xl", its card says "gpt2-xl"). The paper's exact checkpoints are not named in the
+#: material we have, and no public GPT2-XL truthfulness fine-tune is known to us, so ``truthfulness`` has none
+#: (pass ``GPT2XLConfig(finetunes={...})`` with the one you use).
 GPT2XL_TASKS: dict[str, LLMTask] = {
     "instruction": LLMTask("lgaalves/gpt2-xl_lima", "mmlu", "acc,none", 5, "cais/mmlu", "all", "mmlu",
                            "dev", "validation", "test"),
-    "science": LLMTask("lgaalves/gpt2-xl_camel-ai-physics", "arc_challenge", "acc_norm,none", 25, "allenai/ai2_arc",
+    "science": LLMTask("lgaalves/gpt-2-xl_camel-ai-physics", "arc_challenge", "acc_norm,none", 25, "allenai/ai2_arc",
                        "ARC-Challenge", "arc", "train", "validation", "test"),
     "truthfulness": LLMTask(None, "truthfulqa_mc2", "acc,none", 0, "truthfulqa/truthful_qa", "multiple_choice",
                             "truthfulqa", None, None, "validation"),
