@@ -105,11 +105,18 @@ class RadixSelect:
         self.k: int | None = None
 
     def count(self, t: torch.Tensor) -> None:
-        high = _keys(t, self.by_abs) >> 16
+        self.hist += self._high_counts(_keys(t, self.by_abs))
+        self.n += t.numel()
+
+    def count_keys(self, keys: torch.Tensor) -> None:
+        """Histogram keys (from ``_keys``) whose entries were already added to ``n``."""
+        self.hist += self._high_counts(keys)
+
+    def _high_counts(self, keys: torch.Tensor) -> torch.Tensor:
+        high = keys >> 16
         if self.offset:
             high += self.offset
-        self.hist += torch.bincount(high, minlength=_BINS)
-        self.n += t.numel()
+        return torch.bincount(high, minlength=_BINS)
 
     def choose_bucket(self, k: int) -> None:
         self.k = k
@@ -125,11 +132,7 @@ class RadixSelect:
     def result(self) -> KthLargest:
         lo, n_above_lo = _bucket_from_top(self.hist, self.k - self.n_above_hi)
         key = ((self.hi - self.offset) << 16) | lo
-        key_t = torch.tensor([key], dtype=torch.int32)
-        if not self.by_abs:  # undo the monotone map to read the float back
-            key_t = key_t ^ ((key_t >> 31) & 0x7FFFFFFF)
-        return KthLargest(float(key_t.view(torch.float32)), key, self.n_above_hi + n_above_lo, int(self.hist[lo]),
-                          self.k)
+        return KthLargest(_value(key, self.by_abs), key, self.n_above_hi + n_above_lo, int(self.hist[lo]), self.k)
 
 
 class TopKMasker:
@@ -153,15 +156,50 @@ class TopKMasker:
         return m.reshape(t.shape)
 
 
+#: Up to this many entries in all, the keys are simply sorted: the radix select's two 65,536-bin
+#: histograms cost more than sorting a small input (the exercises' checks call top-k on tiny tensors).
+_SMALL = 1 << 15
+
+
+def _from_sorted(keys: torch.Tensor, k: int, by_abs: bool) -> KthLargest:
+    """The k-th largest of a small set of ``keys``, by sorting them."""
+    key = int(torch.sort(keys, descending=True).values[k - 1])
+    return KthLargest(_value(key, by_abs), key, int((keys > key).sum()), int((keys == key).sum()), k)
+
+
+def _value(key: int, by_abs: bool) -> float:
+    """The float whose key is ``key`` (undoing the monotone map of signed keys)."""
+    key_t = torch.tensor([key], dtype=torch.int32)
+    if not by_abs:
+        key_t = key_t ^ ((key_t >> 31) & 0x7FFFFFFF)
+    return float(key_t.view(torch.float32))
+
+
 def _radix_select(tensors, k_of_n: Callable[[int], int], by_abs: bool, arg: str) -> KthLargest:
-    """Two passes: the first also checks every tensor and counts the entries, then ``k = k_of_n(n)``."""
+    """Two passes: the first also checks every tensor and counts the entries, then ``k = k_of_n(n)``.
+
+    While the entries seen add up to at most ``_SMALL``, their keys are kept
+    and, if that stays so, sorted instead (same result, ties included).
+    """
     sel = RadixSelect(by_abs)
+    small: list[torch.Tensor] | None = []
     for name, t in _items(tensors, arg):
         _check_entry(name, t, arg)
+        if small is not None and sel.n + t.numel() <= _SMALL:
+            small.append(_keys(t, by_abs))
+            sel.n += t.numel()
+            continue
+        if small is not None:  # too big to sort after all: histogram what was kept
+            for keys in small:
+                sel.count_keys(keys)
+            small = None
         sel.count(t)
     if sel.n == 0:
         raise ValueError(f"{arg} is empty: it holds no entries to rank")
-    sel.choose_bucket(k_of_n(sel.n))
+    k = k_of_n(sel.n)
+    if small is not None:
+        return _from_sorted(torch.cat(small), k, by_abs)
+    sel.choose_bucket(k)
     for _, t in _items(tensors, arg):
         sel.refine(t)
     return sel.result()

@@ -7,8 +7,17 @@ import os
 import pytest
 import torch
 
+import lsedu.topk
 from lsedu import global_topk_mask, kth_largest, topk_mask
 from lsedu.topk import count_for_density
+
+
+@pytest.fixture(autouse=True, params=["sort small inputs", "radix only"])
+def path(request, monkeypatch):
+    """Every test runs twice: as shipped (inputs up to ``_SMALL`` entries are sorted) and radix select only."""
+    if request.param == "radix only":
+        monkeypatch.setattr(lsedu.topk, "_SMALL", 0)
+    return request.param
 
 
 def random_tensors(seed, sizes=(1000, 37, 4096, 1)):
@@ -27,6 +36,18 @@ def test_kth_largest_matches_sort(seed, by_abs):
         assert r.value == ranked[k - 1].item()
         assert r.n_greater == int((flat > r.value).sum())
         assert r.n_equal == int((flat == r.value).sum())
+
+
+@pytest.mark.parametrize("by_abs", [True, False])
+def test_small_tensors_first_then_a_large_one(by_abs):
+    """Keys kept for sorting are histogrammed after all when a later tensor makes the input too large."""
+    ts = random_tensors(7, sizes=(1000, 37, lsedu.topk._SMALL + 5, 3))
+    flat = torch.cat([t.abs() if by_abs else t for t in ts.values()])
+    ranked = flat.sort(descending=True).values
+    for k in (1, 999, len(flat) // 3, len(flat)):
+        r = kth_largest(ts, k, by_abs=by_abs)
+        assert (r.value, r.n_greater, r.n_equal) == (ranked[k - 1].item(), int((flat > r.value).sum()),
+                                                     int((flat == r.value).sum()))
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
