@@ -21,6 +21,7 @@ module                 what                                             notebook
 =====================  ===============================================  ========
 """
 
+from . import exercises  # noqa: F401  (the notebooks' check cells call lsedu.exercises.check_*)
 from .analysis import (
     Overlap,
     SignConflicts,

@@ -1,4 +1,9 @@
-"""The ``lsedu`` command line: ``lsedu merge RECIPE.yaml``."""
+"""The ``lsedu`` command line.
+
+* ``lsedu merge RECIPE.yaml``: merge checkpoints as a recipe says (streaming).
+* ``lsedu student-edition SRC_DIR OUT_DIR``: the notebooks without solutions or hidden tests.
+* ``lsedu grade SOURCE_DIR SUBMISSIONS_DIR --out grades.csv``: run and score students' notebooks.
+"""
 
 from __future__ import annotations
 
@@ -18,7 +23,31 @@ def main(argv=None) -> int:
     m.add_argument("-o", "--output", help="output folder (overrides the recipe's 'output')")
     m.add_argument("--overwrite", action="store_true", help="replace an existing output folder (never an input)")
     m.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    s = sub.add_parser("student-edition", help="write the notebooks without solutions, hidden tests or outputs",
+                       description="Copy every notebook under SRC_DIR to OUT_DIR with each solution replaced by "
+                                   "a stub, the hidden tests removed and the outputs cleared (book/teaching.md).")
+    s.add_argument("src_dir", help="folder of the teacher's notebooks (with solutions), e.g. notebooks/")
+    s.add_argument("out_dir", help="new folder for the student edition (outside SRC_DIR), e.g. _student/")
+    s.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it exists")
+
+    g = sub.add_parser("grade", help="run students' notebooks with the hidden tests and score each exercise",
+                       description="For each student folder SUBMISSIONS_DIR/<student>/ holding notebooks named as "
+                                   "in SOURCE_DIR: restore the source's check cells (hidden tests included), run the "
+                                   "notebook in a temporary copy, and score each exercise whose check cell ran "
+                                   "without error. Writes a CSV and prints a summary.")
+    g.add_argument("source_dir", help="folder of the teacher's notebooks (with solutions and hidden tests)")
+    g.add_argument("submissions_dir", help="folder with one subfolder of notebooks per student")
+    g.add_argument("--out", default="grades.csv", help="CSV to write (default: grades.csv)")
+    g.add_argument("--timeout", type=float, default=60, help="seconds a single cell may run (default: 60)")
+    g.add_argument("--executed", metavar="DIR", help="also save each graded notebook, with its outputs, as "
+                                                     "DIR/<student>/<notebook> (it shows the hidden tests)")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
+    if args.command == "student-edition":
+        return _student_edition(args)
+    if args.command == "grade":
+        return _grade(args)
 
     try:
         recipe = load_recipe(args.recipe)
@@ -31,6 +60,35 @@ def main(argv=None) -> int:
           f"-> {report.output}")
     for p in report.masks:
         print(f"mask saved: {p}")
+    return 0
+
+
+def _student_edition(args) -> int:
+    from .course import CourseError, student_edition
+
+    try:
+        written = student_edition(args.src_dir, args.out_dir, overwrite=args.overwrite)
+    except (CourseError, OSError) as e:
+        print(f"lsedu student-edition: error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {len(written)} notebook(s) without solutions to {args.out_dir}")
+    return 0
+
+
+def _grade(args) -> int:
+    from .course import CourseError, grade, summary
+
+    if args.timeout <= 0:
+        print("lsedu grade: error: --timeout must be positive", file=sys.stderr)
+        return 2
+    try:
+        rows = grade(args.source_dir, args.submissions_dir, args.out, timeout=args.timeout,
+                     progress=not args.no_progress, executed_dir=args.executed)
+    except (CourseError, OSError) as e:
+        print(f"lsedu grade: error: {e}", file=sys.stderr)
+        return 2
+    print(summary(rows))
+    print(f"grades written to {args.out}")
     return 0
 
 
