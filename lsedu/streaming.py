@@ -263,6 +263,12 @@ class MergeReport:
 #: temporaries of a 50,000-token embedding stay small: memory is bounded by the chunk, not the tensor.
 CHUNK_ENTRIES = 1 << 20
 
+#: A per-tensor trim ranks each tensor on its own, so a tensor merged whole is read once, while one
+#: cut into blocks must be read three times (two passes for its threshold). Up to this many entries
+#: (16M: every tensor of GPT2-XL but its 80M-entry embedding) a per-tensor trim takes the tensor
+#: whole: its memory is then a few copies of the largest such tensor per input (64 MB each in float32).
+PER_TENSOR_WHOLE_ENTRIES = 1 << 24
+
 
 def chunks(shape: tuple[int, ...], chunk: int | None = None) -> list[tuple[int, int] | None]:
     """Row ranges along the first dimension covering a tensor, or ``[None]`` for one piece."""
@@ -423,13 +429,14 @@ def merge_checkpoints(
     mask_writers: list[MaskWriter] = []
     mask_dir_tmp = None
     try:
-        units = {n: chunks(base.shape(n)) for n in names}
+        per_tensor = recipe.merge_method in ("ties", "dare") and recipe.parameters.get("trim") == "per_tensor" and (
+            recipe.merge_method == "ties" or recipe.parameters["then"] == "ties")
+        piece = max(CHUNK_ENTRIES, PER_TENSOR_WHOLE_ENTRIES) if per_tensor else CHUNK_ENTRIES
+        units = {n: chunks(base.shape(n), piece) for n in names}
         maskers = None
         if recipe.global_threshold:
             flat_units = [(n, r) for n in names for r in units[n]]
             maskers = _thresholds(flat_units, [base, *models], recipe, progress, "global top-k")
-        per_tensor = recipe.merge_method in ("ties", "dare") and recipe.parameters.get("trim") == "per_tensor" and (
-            recipe.merge_method == "ties" or recipe.parameters["then"] == "ties")
         if recipe.save_masks is not None:
             mask_dir_tmp = recipe.save_masks.resolve().parent / f".{recipe.save_masks.name}.tmp-{os.getpid()}"
             shutil.rmtree(mask_dir_tmp, ignore_errors=True)

@@ -120,6 +120,7 @@ def test_chunked_tensors_merge_exactly_as_whole_ones(gpt2_dir, method, params, t
 
     whole = merge(recipe_file(gpt2_dir, method, params), tmp_path / "whole", progress=False)
     monkeypatch.setattr(lsedu.streaming, "CHUNK_ENTRIES", 100)
+    monkeypatch.setattr(lsedu.streaming, "PER_TENSOR_WHOLE_ENTRIES", 100)
     assert len(lsedu.streaming.chunks((100, 32))) == 34  # 3 rows of 32 a chunk
     masks = {"save": str(tmp_path / "masks")} if method == "localize_stitch" else None
     extra = {"masks": masks} if masks else {}
