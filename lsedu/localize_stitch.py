@@ -110,6 +110,13 @@ def localize_trained(
             f"base has tensor(s) that the model does not: {unknown[:5]} (the model's names look like "
             f"{sorted(known)[:3]}); a prefix such as 'module.' or 'model.' may need stripping"
         )
+    buffers = {n for n, _ in model.named_buffers()} - {n for n, _ in model.named_parameters()}
+    masked_buffers = sorted(n for n in tv if n in buffers)
+    if masked_buffers:
+        raise ValueError(
+            f"task_vector has buffer(s), not parameters, of the model: {masked_buffers[:5]} (e.g. batch-norm running "
+            f"statistics); a mask is trained only over parameters: leave them out of the task vector"
+        )
     if loader is None or isinstance(loader, (str, bytes)) or not hasattr(loader, "__iter__"):
         raise TypeError(f"loader must be an iterable of batches (a DataLoader or a list), got {type(loader).__name__}")
     if not callable(loss_fn):

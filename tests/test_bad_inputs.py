@@ -858,6 +858,16 @@ def test_localize_trained_names_not_in_model(how):
     raises_unchanged(ValueError, match, lsedu.localize_trained, net, base, tau, _ce, loader, progress=False, epochs=1)
 
 
+def test_localize_trained_names_buffers_in_the_task_vector():
+    """Batch-norm running statistics are buffers: a mask over them cannot be trained (torch would fail deep inside)."""
+    net = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3))
+    base = {n: t.detach().clone() for n, t in net.state_dict().items() if t.is_floating_point()}
+    tau = {n: torch.full_like(t, 0.1) for n, t in base.items()}
+    loader = [(torch.randn(8, 4), torch.randint(0, 3, (8,)))]
+    raises_unchanged(ValueError, r"buffer\(s\).*'1\.running_mean'", lsedu.localize_trained, net, base, tau, _ce, loader,
+                     progress=False, epochs=1)
+
+
 @_NO_GRAD_WARNING
 def test_localize_trained_failure_restores_train_mode():
     """A loss that fails mid-training must not leave the model in eval() mode."""
