@@ -18,6 +18,9 @@ module                 what                                             notebook
 ``analysis``           ``mask_overlap``, ``density_per_layer``,          04, 05
                        ``sign_conflicts``, ``storage``
 ``topk``               exact global top-k in O(largest tensor) memory    04, 05
+``explore``            the sparsity and overlap explorers (widgets)      05
+``casestudy``          ``comparison_table``, ``scaling_curve``            07, 09
+``exercises``          ``check_*`` for the exercises                      02-05
 =====================  ===============================================  ========
 """
 

@@ -1,0 +1,644 @@
+"""Case studies: every merging method on one setup, in one table (the case-study notebooks 07 and 09).
+
+The Localize-and-Stitch paper (He et al. 2025, arXiv 2408.13656, Tables 1-3)
+compares merging methods on RoBERTa, CLIP and GPT2-XL. :func:`comparison_table`
+runs the same comparison on any :class:`~lsedu.zoo.Setup`, laptop or paper
+track:
+
+1. fine-tune every task (``setup.finetune``, one config per seed, cached) and
+   build the task vectors over the tensors a merge combines (:func:`merge_names`);
+2. pick each method's hyperparameters on the *validation* split (mean
+   accuracy over the tasks): lambda of task arithmetic
+   (:func:`lsedu.pick_lambda`), density and lambda of TIES, lambda of DARE,
+   the density of Localize-and-Stitch;
+3. evaluate every method on the *test* split, and add the multi-task
+   baseline (``setup.multitask``), which the paper does not report.
+
+:func:`summarize` turns the per-run records into the table (mean and std over
+seeds); :func:`plot_comparison` draws it. :func:`scaling_curve` merges 2, 3,
+..., N tasks at a time (notebook 09, after Yadav et al. 2024, "What Matters
+for Model Merging at Scale?", arXiv 2410.03617).
+
+What is stochastic, and how it is reported: a fine-tune depends on its seed
+(``CaseStudyConfig.finetune_seeds``), DARE on its drop seed and trained
+localization on the order of its batches (``CaseStudyConfig.merge_seeds``).
+Every row is a mean over the runs it has, with the standard deviation
+(``ddof=1``) where there are at least two.
+
+Results of each fine-tune seed are cached like fine-tunes (``$LSEDU_CACHE``,
+kind ``casestudy``), keyed by the setup's identity, the tasks, every
+fine-tune config, the :class:`CaseStudyConfig` and the lsedu version.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from .analysis import storage
+from .dare import dare_merge
+from .localize_stitch import localize_dataless, localize_trained, stitch
+from .soups import uniform_soup
+from .task_arithmetic import pick_lambda, task_arithmetic
+from .task_vectors import TaskVector
+from .ties import ties_merge
+
+#: Method keys, in the order of the table's rows.
+METHODS = ("pretrained", "finetuned", "multitask", "averaging", "task_arithmetic", "ties", "dare",
+           "stitch_dataless", "stitch_trained")
+
+#: Row labels of the methods (``finetuned`` gives one row per task plus the "individual" row).
+LABELS = {
+    "pretrained": "pretrained",
+    "individual": "individual fine-tunes (each on its own task)",
+    "multitask": "multi-task learning",
+    "averaging": "uniform averaging",
+    "task_arithmetic": "task arithmetic",
+    "ties": "TIES",
+    "dare": "DARE + task arithmetic",
+    "stitch_dataless": "Localize-and-Stitch (dataless)",
+    "stitch_trained": "Localize-and-Stitch (trained)",
+}
+
+#: Methods whose result depends on a merge seed (DARE's drops, trained localization's batch order).
+STOCHASTIC = ("dare", "stitch_trained")
+
+
+def _ints(value, arg: str, low: int = 0) -> tuple[int, ...]:
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or not value:
+        raise ValueError(f"CaseStudyConfig.{arg} must be a non-empty tuple of ints, got {value!r}")
+    for v in value:
+        if isinstance(v, bool) or not isinstance(v, int) or v < low:
+            raise ValueError(f"CaseStudyConfig.{arg} must hold ints >= {low}, got {v!r}")
+    if len(set(value)) != len(value):
+        raise ValueError(f"CaseStudyConfig.{arg} must not repeat a value, got {value!r}")
+    return tuple(value)
+
+
+def _floats(value, arg: str, low: float, high: float) -> tuple[float, ...]:
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or not value:
+        raise ValueError(f"CaseStudyConfig.{arg} must be a non-empty tuple of numbers, got {value!r}")
+    for v in value:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not low < v <= high:
+            raise ValueError(f"CaseStudyConfig.{arg} must hold numbers in ({low}, {high}], got {v!r}")
+    return tuple(float(v) for v in value)
+
+
+@dataclass(frozen=True)
+class CaseStudyConfig:
+    """Every choice of a comparison, in one place (all of it goes into the cache key).
+
+    * ``finetune_seeds``: one fine-tune of every task per seed (seed 0 is the
+      zoo's default fine-tune, so it is shared with the other notebooks);
+      ``merge_seeds``: seeds of DARE's drops and of trained localization's
+      batch order, run for every fine-tune seed.
+    * Validation grids: ``lambda_grid`` (task arithmetic and DARE),
+      ``ties_densities`` x ``ties_lambdas`` (TIES, global trim as in the
+      paper), ``stitch_densities`` (the mask density of Localize-and-Stitch;
+      trained localization keeps the density chosen for the dataless masks).
+      ``dare_p`` is DARE's drop rate (fixed, not searched).
+    * Trained localization (:func:`lsedu.localize_trained`): the first
+      ``loc_batches`` batches of ``loc_batch_size`` training examples,
+      ``loc_epochs`` passes, one ``loc_optimizer`` step per batch at ``loc_lr``
+      (Adam's step size does not depend on the gradients' scale; SGD's does, so
+      its ``loc_lr`` has to be calibrated per model), L1 weight
+      ``loc_l1``, logits starting at +-``loc_bias`` (the paper's 3 needs more
+      steps than a notebook can afford before any entry changes sides: Adam
+      moves a logit by about ``loc_lr`` a step); the mask keeps exactly the
+      chosen density (``target_density``).
+    * ``eval_batch_size``: batch size of every evaluation (it changes speed only).
+      ``max_val`` / ``max_test``: score on the first that many examples of each
+      task's validation / test split (the splits are stored shuffled), or on
+      all of it (None). For setups whose evaluation is slow on a CPU.
+    * ``multitask``: train the multi-task baseline (``setup.multitask``).
+    """
+
+    finetune_seeds: tuple[int, ...] = (0,)
+    merge_seeds: tuple[int, ...] = (0, 1, 2)
+    lambda_grid: tuple[float, ...] = (0.2, 0.4, 0.6, 0.8, 1.0)
+    ties_densities: tuple[float, ...] = (0.1, 0.2, 0.5)
+    ties_lambdas: tuple[float, ...] = (0.6, 1.0, 1.4)
+    dare_p: float = 0.5
+    stitch_densities: tuple[float, ...] = (0.01, 0.05, 0.2)
+    loc_batches: int = 4
+    loc_batch_size: int = 32
+    loc_epochs: int = 5
+    loc_optimizer: str = "adam"
+    loc_lr: float = 0.1
+    loc_bias: float = 1.0
+    loc_l1: float = 1e-5
+    eval_batch_size: int = 64
+    max_val: int | None = None
+    max_test: int | None = None
+    multitask: bool = True
+
+    def __post_init__(self):
+        object.__setattr__(self, "finetune_seeds", _ints(self.finetune_seeds, "finetune_seeds"))
+        object.__setattr__(self, "merge_seeds", _ints(self.merge_seeds, "merge_seeds"))
+        object.__setattr__(self, "lambda_grid", _floats(self.lambda_grid, "lambda_grid", 0.0, 10.0))
+        object.__setattr__(self, "ties_densities", _floats(self.ties_densities, "ties_densities", 0.0, 1.0))
+        object.__setattr__(self, "ties_lambdas", _floats(self.ties_lambdas, "ties_lambdas", 0.0, 10.0))
+        object.__setattr__(self, "stitch_densities", _floats(self.stitch_densities, "stitch_densities", 0.0, 1.0))
+        if isinstance(self.dare_p, bool) or not isinstance(self.dare_p, (int, float)) or not 0 <= self.dare_p < 1:
+            raise ValueError(f"CaseStudyConfig.dare_p must be in [0, 1), got {self.dare_p!r}")
+        for f in ("loc_batches", "loc_batch_size", "loc_epochs", "eval_batch_size"):
+            v = getattr(self, f)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"CaseStudyConfig.{f} must be a positive int, got {v!r}")
+        for f in ("loc_lr", "loc_bias"):
+            v = getattr(self, f)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
+                raise ValueError(f"CaseStudyConfig.{f} must be positive, got {v!r}")
+        if not isinstance(self.loc_l1, (int, float)) or self.loc_l1 < 0:
+            raise ValueError(f"CaseStudyConfig.loc_l1 must be >= 0, got {self.loc_l1!r}")
+        for f in ("max_val", "max_test"):
+            v = getattr(self, f)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                raise ValueError(f"CaseStudyConfig.{f} must be None or a positive int, got {v!r}")
+        if self.loc_optimizer not in ("adam", "sgd"):
+            raise ValueError(f"CaseStudyConfig.loc_optimizer must be 'adam' or 'sgd', got {self.loc_optimizer!r}")
+        if not isinstance(self.multitask, bool):
+            raise TypeError(f"CaseStudyConfig.multitask must be True or False, got {self.multitask!r}")
+
+    def to_dict(self) -> dict:
+        """The config as JSON values; ``max_val`` / ``max_test`` only when set (whole splits add nothing)."""
+        d = dataclasses.asdict(self)
+        return {k: v for k, v in d.items() if not (k in ("max_val", "max_test") and v is None)}
+
+    def replace(self, **changes) -> CaseStudyConfig:
+        return dataclasses.replace(self, **changes)
+
+
+# ----------------------------------------------------------------------------- small pieces
+
+
+def merge_names(setup) -> list[str]:
+    """The body tensors a merge combines: ``setup.merge_names()`` (paper track), else every parameter that
+    fine-tuning updates (``setup.trainable``). Buffers (batch-norm statistics) are not weights and are left
+    out. Task vectors, masks and storage cover these tensors only."""
+    if hasattr(setup, "merge_names"):
+        return list(setup.merge_names())
+    pre = setup.pretrained()
+    params = {n for n, _ in setup.module(pre).named_parameters()}
+    return [n for n, t in pre.items() if n in params and t.is_floating_point() and setup.trainable(n)]
+
+
+def check_tasks(setup, tasks) -> tuple[str, ...]:
+    """``tasks`` (default: all of ``setup.tasks``) as a tuple; ValueError naming an unknown or repeated task."""
+    if tasks is None:
+        return tuple(setup.tasks)
+    if isinstance(tasks, str) or not isinstance(tasks, Sequence):
+        raise TypeError(f"tasks must be a list of task names, got {tasks!r}")
+    tasks = tuple(tasks)
+    unknown = [t for t in tasks if t not in setup.tasks]
+    if unknown:
+        raise ValueError(f"tasks {unknown} are not tasks of setup {setup.name!r} ({list(setup.tasks)})")
+    if len(tasks) < 2 or len(set(tasks)) != len(tasks):
+        raise ValueError(f"tasks must name at least 2 distinct tasks to merge, got {list(tasks)}")
+    return tasks
+
+
+def delta_bytes(base: Mapping[str, torch.Tensor], body: Mapping[str, torch.Tensor], names: Sequence[str]) -> int:
+    """Bytes to store ``body - base`` over ``names``: the smaller of dense and sparse (:func:`lsedu.storage`).
+
+    Dense: every entry. Sparse: the non-zero entries' values plus their
+    positions (a flat index each, or one bit per entry). A dense merge (task
+    arithmetic) costs a whole body; a stitched one only its masked entries.
+    """
+    delta = {n: body[n].float() - base[n].float() for n in names}
+    s = storage(delta)
+    return min(s.dense, s.sparse)
+
+
+def mean_accuracy(setup, body, tasks: Sequence[str], split: str, batch_size: int = 64,
+                  limit: int | None = None) -> dict[str, float]:
+    """``{task: accuracy}`` of ``body`` on ``split`` of each task: ``setup.evaluate``, or, with ``limit``,
+    the accuracy on the split's first ``limit`` examples (the same rule as ``Setup.evaluate``)."""
+    out = {}
+    for t in tasks:
+        data = setup.task(t).split(split)
+        if limit is None or limit >= len(data):
+            out[t] = setup.evaluate(body, t, split, batch_size=batch_size)
+            continue
+        model, right = setup.module(body), 0
+        with torch.no_grad():
+            for batch in setup.batches(t, data.subset(range(limit)), batch_size):
+                pred, true = setup.predict(t, model, batch)
+                right += int((pred.cpu() == true.cpu()).sum())
+        out[t] = right / limit
+    return out
+
+
+def _val_score(setup, tasks, batch_size, limit=None):
+    def score(body) -> float:
+        accs = mean_accuracy(setup, body, tasks, "val", batch_size, limit)
+        return sum(accs.values()) / len(accs)
+    return score
+
+
+def finetune_configs(setup, tasks: Sequence[str], seed: int) -> dict:
+    """Each task's default fine-tuning config with ``seed`` (seed 0 is the zoo's default, already cached)."""
+    return {t: setup.finetune_config_for(t).replace(seed=seed) for t in tasks}
+
+
+def localize_trained_mask(setup, base, task_vector, task: str, density: float, seed: int,
+                          config: CaseStudyConfig) -> dict:
+    """A trained mask of ``task`` at exactly ``density`` (:func:`lsedu.localize_trained`, few cheap steps).
+
+    The logits start from the dataless top-``density`` (the paper's
+    initialisation) and take ``config.loc_epochs * config.loc_batches`` Adam
+    steps on the task's training examples, drawn in the order of ``seed``.
+    """
+    batches = setup.localization_batches(task, config.loc_batch_size, seed=seed)[:config.loc_batches]
+    model = setup.build_body().to(setup.device)
+    mask, _ = localize_trained(model, base, task_vector, setup.localization_loss(task), batches, density=density,
+                               sigmoid_bias=config.loc_bias, l1=config.loc_l1, lr=config.loc_lr,
+                               optimizer=config.loc_optimizer, epochs=config.loc_epochs, batches_per_step=1,
+                               target_density=density, device=setup.device, progress=False)
+    return mask
+
+
+# ----------------------------------------------------------------------------- one fine-tune seed
+
+
+def _record(method: str, label: str, accs: Mapping[str, float], individual: Mapping[str, float], nbytes: int,
+            finetune_seed: int, merge_seed: int | None = None, choice: str = "") -> dict:
+    from .zoo.base import normalized_accuracy
+
+    # a fine-tune with accuracy 0 on its own task (a random toy model) cannot normalize: NaN, not an error
+    normalized = (normalized_accuracy(dict(accs), dict(individual)) if all(individual[t] > 0 for t in accs)
+                  else math.nan)
+    return {"method": method, "row": label, "finetune_seed": finetune_seed, "merge_seed": merge_seed,
+            **{f"acc:{t}": float(a) for t, a in accs.items()}, "average": sum(accs.values()) / len(accs),
+            "normalized": normalized, "storage_mb": nbytes / 2**20,
+            "choice": choice}
+
+
+def run_seed(setup, tasks: Sequence[str], finetune_seed: int, config: CaseStudyConfig,
+             methods: Sequence[str] = METHODS) -> list[dict]:
+    """Every method of ``methods`` on the fine-tunes of ``finetune_seed``: one record per (row, merge seed).
+
+    A record holds the test accuracy per task (``acc:<task>``), their mean
+    (``average``), the normalized accuracy (mean of accuracy / the task's own
+    fine-tune's accuracy, both of this fine-tune seed), ``storage_mb`` (see
+    :func:`delta_bytes`: what must be stored besides the pretrained body to
+    serve all the tasks; N fine-tunes count N times) and the hyperparameters
+    chosen on validation (``choice``). Not cached: see :func:`comparison_table`.
+    """
+    tasks = tuple(tasks)
+    bs = config.eval_batch_size
+    pre = setup.pretrained()
+    names = merge_names(setup)
+    cfgs = finetune_configs(setup, tasks, finetune_seed)
+    fts = {t: setup.finetune(t, cfgs[t]) for t in tasks}
+    tvs = [TaskVector({n: fts[t][n] - pre[n] for n in names}) for t in tasks]
+    val = _val_score(setup, tasks, bs, config.max_val)
+    test = lambda body: mean_accuracy(setup, body, tasks, "test", bs, config.max_test)  # noqa: E731
+
+    if "finetuned" in methods:  # each fine-tune on every task (the off-diagonal shows transfer)
+        ft_test = {t: test(fts[t]) for t in tasks}
+        individual = {t: ft_test[t][t] for t in tasks}
+    else:
+        individual = {t: mean_accuracy(setup, fts[t], [t], "test", bs, config.max_test)[t] for t in tasks}
+    out: list[dict] = []
+    bar = tqdm(total=len(methods) + ("finetuned" in methods), leave=False,
+               desc=f"{setup.name}: merges (fine-tune seed {finetune_seed})",
+               disable=not getattr(setup, "progress", True))
+
+    def add(method, *a, **k):
+        out.append(_record(method, *a, individual=individual, finetune_seed=finetune_seed, **k))
+        if method not in {r["method"] for r in out[:-1]}:  # first record of a method: one step done
+            bar.update(1)
+            bar.set_postfix_str(method)
+
+    if "pretrained" in methods:
+        add("pretrained", LABELS["pretrained"], test(pre), nbytes=0)
+    if "finetuned" in methods:
+        for t in tasks:
+            add("finetuned", f"fine-tune: {t}", ft_test[t], nbytes=delta_bytes(pre, fts[t], names))
+        add("individual", LABELS["individual"], individual,
+            nbytes=sum(delta_bytes(pre, fts[t], names) for t in tasks))
+    if "multitask" in methods and config.multitask:
+        mtl = setup.multitask(setup.finetune_config.replace(seed=finetune_seed), tasks=list(tasks))
+        add("multitask", LABELS["multitask"], test(mtl), nbytes=delta_bytes(pre, mtl, names))
+    if "averaging" in methods:
+        avg = uniform_soup([fts[t] for t in tasks])
+        add("averaging", LABELS["averaging"], test(avg), nbytes=delta_bytes(pre, avg, names))
+    if "task_arithmetic" in methods:
+        best = pick_lambda(pre, tvs, val, config.lambda_grid)
+        merged = task_arithmetic(pre, tvs, best.best_lambda)
+        add("task_arithmetic", LABELS["task_arithmetic"], test(merged), nbytes=delta_bytes(pre, merged, names),
+            choice=f"lambda={best.best_lambda:g}")
+    if "ties" in methods:
+        searches = {d: pick_lambda(pre, tvs, val, config.ties_lambdas, merge=ties_merge, density=d)
+                    for d in config.ties_densities}
+        d = max(searches, key=lambda k: searches[k].best_score)  # first density of equal scores
+        merged = ties_merge(pre, tvs, density=d, lam=searches[d].best_lambda)
+        add("ties", LABELS["ties"], test(merged), nbytes=delta_bytes(pre, merged, names),
+            choice=f"density={d:g}, lambda={searches[d].best_lambda:g}")
+    if "dare" in methods:
+        # lambda is chosen with the first merge seed's drops, then every seed is tested with it
+        best = pick_lambda(pre, tvs, val, config.lambda_grid, merge=dare_merge, p=config.dare_p,
+                           seed=config.merge_seeds[0])
+        for s in config.merge_seeds:
+            merged = dare_merge(pre, tvs, p=config.dare_p, lam=best.best_lambda, seed=s)
+            add("dare", LABELS["dare"], test(merged), nbytes=delta_bytes(pre, merged, names), merge_seed=s,
+                choice=f"p={config.dare_p:g}, lambda={best.best_lambda:g}")
+    density = None
+    if "stitch_dataless" in methods or "stitch_trained" in methods:
+        scores = {}
+        for d in config.stitch_densities:
+            scores[d] = val(stitch(pre, tvs, [localize_dataless(tv, d) for tv in tvs]))
+        density = max(scores, key=lambda k: scores[k])
+    if "stitch_dataless" in methods:
+        merged = stitch(pre, tvs, [localize_dataless(tv, density) for tv in tvs])
+        add("stitch_dataless", LABELS["stitch_dataless"], test(merged), nbytes=delta_bytes(pre, merged, names),
+            choice=f"density={density:g}")
+    if "stitch_trained" in methods:
+        for s in config.merge_seeds:
+            masks = [localize_trained_mask(setup, pre, tv, t, density, s, config) for t, tv in zip(tasks, tvs)]
+            merged = stitch(pre, tvs, masks)
+            add("stitch_trained", LABELS["stitch_trained"], test(merged), nbytes=delta_bytes(pre, merged, names),
+                merge_seed=s, choice=f"density={density:g}")
+    bar.close()
+    return out
+
+
+def _check_methods(methods) -> tuple[str, ...]:
+    if isinstance(methods, str) or not isinstance(methods, Sequence) or not methods:
+        raise TypeError(f"methods must be a list of method names from {list(METHODS)}, got {methods!r}")
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f"methods {unknown} are unknown; choose from {list(METHODS)}")
+    return tuple(m for m in METHODS if m in methods)
+
+
+def comparison_runs(setup, tasks: Sequence[str] | None = None, config: CaseStudyConfig | None = None,
+                    methods: Sequence[str] = METHODS, refresh: bool = False):
+    """The per-run records of :func:`run_seed` for every fine-tune seed, as a DataFrame (cached per seed)."""
+    import pandas as pd
+
+    import lsedu
+
+    from .zoo.cache import cached
+
+    config = config or CaseStudyConfig()
+    if not isinstance(config, CaseStudyConfig):
+        raise TypeError(f"config must be a CaseStudyConfig, got {type(config).__name__}")
+    tasks = check_tasks(setup, tasks)
+    methods = _check_methods(methods)
+    records: list[dict] = []
+    for seed in config.finetune_seeds:
+        key = {"setup": setup.name, "track": setup.track, "identity": setup.identity(), "tasks": list(tasks),
+               "finetune": {t: c.to_dict() for t, c in finetune_configs(setup, tasks, seed).items()},
+               "casestudy": config.to_dict(), "methods": list(methods), "finetune_seed": seed,
+               "lsedu": lsedu.__version__}
+        _, record = cached("casestudy", key, lambda: ({}, {"runs": run_seed(setup, tasks, seed, config, methods)}),
+                           refresh)
+        records += record["metrics"]["runs"]
+    return pd.DataFrame(records)
+
+
+def summarize(runs, tasks: Sequence[str]):
+    """The comparison table from per-run records: one row per method, in the records' order.
+
+    Columns: the mean test accuracy of each task, ``average`` and
+    ``normalized`` (means over runs) with their standard deviations
+    (``average_std``, ``normalized_std``; NaN for a row of one run),
+    ``storage_mb``, ``runs`` (how many runs the row averages) and
+    ``choice`` (the hyperparameters chosen on validation, per fine-tune seed).
+    """
+    import pandas as pd
+
+    if len(runs) == 0:
+        raise ValueError("runs is empty: there is nothing to summarize")
+    cols = [f"acc:{t}" for t in tasks]
+    missing = [c for c in cols + ["row", "average", "normalized", "storage_mb"] if c not in runs.columns]
+    if missing:
+        raise ValueError(f"runs lacks the column(s) {missing}; pass the records of comparison_runs")
+    rows = []
+    for label in dict.fromkeys(runs["row"]):  # first-seen order
+        g = runs[runs["row"] == label]
+        n = len(g)
+        row = {"row": label, **{t: g[f"acc:{t}"].mean() for t in tasks}, "average": g["average"].mean(),
+               "average_std": g["average"].std(ddof=1) if n > 1 else math.nan,
+               "normalized": g["normalized"].mean(),
+               "normalized_std": g["normalized"].std(ddof=1) if n > 1 else math.nan,
+               "storage_mb": g["storage_mb"].mean(), "runs": n,
+               "choice": "; ".join(dict.fromkeys(c for c in g["choice"] if c))}
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("row")
+
+
+def comparison_table(setup, tasks: Sequence[str] | None = None, config: CaseStudyConfig | None = None,
+                     methods: Sequence[str] = METHODS, refresh: bool = False):
+    """Every merging method on ``setup``'s ``tasks``, as one DataFrame (the case-study table).
+
+    Rows: pretrained; each fine-tune (evaluated on every task); the
+    individual fine-tunes, each on its own task (the upper reference, what
+    ``normalized`` divides by); multi-task learning; uniform averaging; task
+    arithmetic (lambda chosen on validation); TIES (density and lambda chosen
+    on validation); DARE followed by task arithmetic (lambda chosen on
+    validation); Localize-and-Stitch with dataless and with trained masks
+    (density chosen on validation). Columns: see :func:`summarize`.
+
+    **Storage** (``storage_mb``) counts what a deployment keeps besides the
+    pretrained body to serve every task: the difference from the pretrained
+    body of each model the row needs, over the merged tensors, in the
+    smaller of a dense and a sparse form (:func:`delta_bytes`). The N
+    individual fine-tunes count N times; a merged or multi-task model once;
+    the pretrained model costs nothing. Heads (frozen, per task, the same
+    for every row) are not counted.
+
+    ``config`` (:class:`CaseStudyConfig`) sets the seeds and the validation
+    grids. The per-run records are in ``table.attrs["runs"]``.
+    """
+    tasks = check_tasks(setup, tasks)
+    runs = comparison_runs(setup, tasks, config, methods, refresh)
+    table = summarize(runs, tasks)
+    table.attrs["runs"] = runs
+    return table
+
+
+def ordering(table, rows: Sequence[str] = ("uniform averaging", "task arithmetic", "TIES",
+                                           "Localize-and-Stitch (dataless)")) -> list[str]:
+    """The labels of ``rows`` sorted by the table's ``average``, best first (ties keep the given order)."""
+    missing = [r for r in rows if r not in table.index]
+    if missing:
+        raise ValueError(f"table has no row(s) {missing}")
+    return sorted(rows, key=lambda r: -float(table.loc[r, "average"]))
+
+
+# ----------------------------------------------------------------------------- for reading
+
+#: Average accuracy (%) over tasks that the papers report, keyed by our method keys (shared/REFERENCE.md).
+#: vision: CLIP ViT-B/32 on 8 tasks; Localize-and-Stitch and individual from He et al. 2025 (arXiv 2408.13656),
+#: the other rows as reported for the same 8 tasks in later work. text: roberta-base on 12 LM-BFF tasks, 64 shots.
+#: causal_lm: GPT2-XL, 3 public fine-tunes, scored on MMLU, ARC, TruthfulQA. Rows a paper does not report are absent.
+PAPER_AVERAGES = {
+    "vision": {"pretrained": 48.0, "individual": 90.5, "multitask": 88.9, "averaging": 65.8, "task_arithmetic": 69.1,
+               "ties": 72.4, "stitch_trained": 79.9},
+    "text": {"individual": 81.1, "stitch_trained": 75.9},
+    "causal_lm": {"individual": 41.1, "averaging": 34.4, "stitch_trained": 36.7},
+}
+
+
+def paper_comparison(table, setup_name: str):
+    """Our ``average`` (in %) next to the paper's for each row the paper reports (:data:`PAPER_AVERAGES`)."""
+    import pandas as pd
+
+    if setup_name not in PAPER_AVERAGES:
+        raise ValueError(f"setup_name must be one of {list(PAPER_AVERAGES)}, got {setup_name!r}")
+    rows = []
+    for method, label in LABELS.items():
+        if label not in table.index:
+            continue
+        paper = PAPER_AVERAGES[setup_name].get(method, math.nan)
+        rows.append({"row": label, "paper (%)": paper, "ours (%)": 100 * float(table.loc[label, "average"])})
+    return pd.DataFrame(rows).set_index("row")
+
+
+def pretty(table, digits: int = 1):
+    """The table for reading: accuracies in %, ``mean +- std`` where a row has several runs, storage in MB."""
+    import pandas as pd
+
+    tasks = [c for c in table.columns if c not in ("average", "average_std", "normalized", "normalized_std",
+                                                    "storage_mb", "runs", "choice")]
+
+    def pm(mean, std, scale):
+        text = f"{scale * mean:.{digits}f}"
+        return text if math.isnan(std) else f"{text} ± {scale * std:.{digits}f}"
+
+    out = pd.DataFrame(index=table.index)
+    for t in tasks:
+        out[t] = [f"{100 * v:.{digits}f}" for v in table[t]]
+    out["average"] = [pm(m, s, 100) for m, s in zip(table["average"], table["average_std"])]
+    out["normalized"] = [pm(m, s, 100) for m, s in zip(table["normalized"], table["normalized_std"])]
+    out["storage (MB)"] = [f"{v:.2f}" for v in table["storage_mb"]]
+    out["runs"] = table["runs"]
+    out["chosen on validation"] = table["choice"]
+    return out
+
+
+# ----------------------------------------------------------------------------- plots
+
+
+def plot_comparison(table, ax=None, title: str | None = None, column: str = "average"):
+    """A horizontal bar per row of ``table`` (``column``: "average" or "normalized"), with +-1 std error bars.
+
+    Reference rows (pretrained, individual, multi-task) are grey, merges blue.
+    Returns the matplotlib Axes.
+    """
+    import matplotlib.pyplot as plt
+
+    if column not in ("average", "normalized"):
+        raise ValueError(f"column must be 'average' or 'normalized', got {column!r}")
+    rows = [r for r in table.index if not str(r).startswith("fine-tune: ")]
+    values = [float(table.loc[r, column]) for r in rows]
+    errs = [0.0 if math.isnan(float(table.loc[r, f"{column}_std"])) else float(table.loc[r, f"{column}_std"])
+            for r in rows]
+    reference = {LABELS["pretrained"], LABELS["individual"], LABELS["multitask"]}
+    colors = ["0.6" if r in reference else "tab:blue" for r in rows]
+    if ax is None:
+        _, ax = plt.subplots(figsize=(7, 0.45 * len(rows) + 1))
+    y = list(range(len(rows)))[::-1]
+    ax.barh(y, values, xerr=errs, color=colors, capsize=3)
+    ax.set_yticks(y, rows)
+    ax.set_xlabel("mean test accuracy over tasks" if column == "average" else "normalized accuracy")
+    lo = min(values)
+    ax.set_xlim(max(0.0, lo - 0.1), max(1.0, max(values) + 0.02) if column == "normalized" else 1.0)
+    for yi, v in zip(y, values):
+        ax.text(v + 0.005, yi, f"{v:.3f}", va="center", fontsize=8)
+    if title:
+        ax.set_title(title)
+    return ax
+
+
+# ----------------------------------------------------------------------------- scaling with the number of tasks
+
+
+def task_subsets(tasks: Sequence[str], size: int, limit: int, seed: int = 0) -> list[tuple[str, ...]]:
+    """All subsets of ``size`` tasks (in ``tasks`` order) if there are at most ``limit``, else ``limit`` drawn
+    with ``seed`` without repetition."""
+    if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= len(tasks):
+        raise ValueError(f"size must be an int in [1, {len(tasks)}], got {size!r}")
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise ValueError(f"limit must be a positive int, got {limit!r}")
+    every = list(itertools.combinations(tasks, size))
+    if len(every) <= limit:
+        return every
+    return sorted(random.Random(seed).sample(every, limit), key=every.index)
+
+
+def scaling_curve(setup, tasks: Sequence[str] | None = None, sizes: Sequence[int] | None = None,
+                  subsets_per_size: int = 3, config: CaseStudyConfig | None = None,
+                  methods: Sequence[str] = ("averaging", "task_arithmetic", "ties", "stitch_dataless"),
+                  refresh: bool = False):
+    """Merged accuracy as the number of merged tasks grows: a DataFrame with one row per (size, subset, method).
+
+    For each ``size`` (default 2..N), a few subsets of that many tasks
+    (:func:`task_subsets`, at most ``subsets_per_size``) are merged with each
+    method, hyperparameters chosen on the subset's validation data as in
+    :func:`run_seed`, with the first fine-tune seed and the first merge seed
+    of ``config``. Columns: ``size``, ``subset``, ``method``, ``row``,
+    ``average`` (mean test accuracy over the merged tasks), ``normalized``
+    (the same, each divided by its own fine-tune's accuracy), ``choice``.
+    Cached per subset.
+    """
+    import pandas as pd
+
+    import lsedu
+
+    from .zoo.cache import cached
+
+    config = config or CaseStudyConfig()
+    if not isinstance(config, CaseStudyConfig):
+        raise TypeError(f"config must be a CaseStudyConfig, got {type(config).__name__}")
+    tasks = check_tasks(setup, tasks)
+    sizes = tuple(range(2, len(tasks) + 1)) if sizes is None else tuple(sizes)
+    for k in sizes:
+        if isinstance(k, bool) or not isinstance(k, int) or not 2 <= k <= len(tasks):
+            raise ValueError(f"sizes must hold ints in [2, {len(tasks)}] (tasks merged at once), got {k!r}")
+    methods = _check_methods(methods)
+    if {"pretrained", "finetuned", "multitask"} & set(methods):
+        raise ValueError("scaling_curve compares merges only: drop 'pretrained', 'finetuned' and 'multitask'")
+    one = config.replace(finetune_seeds=config.finetune_seeds[:1], merge_seeds=config.merge_seeds[:1],
+                         multitask=False)
+    seed = one.finetune_seeds[0]
+    cfgs = finetune_configs(setup, tasks, seed)
+    records = []
+    for k in sizes:
+        for subset in task_subsets(tasks, k, subsets_per_size, seed=k):
+            key = {"setup": setup.name, "track": setup.track, "identity": setup.identity(), "subset": list(subset),
+                   "finetune": {t: cfgs[t].to_dict() for t in subset}, "casestudy": one.to_dict(),
+                   "methods": list(methods), "lsedu": lsedu.__version__, "kind": "scaling"}
+            _, rec = cached("casestudy", key,
+                            lambda subset=subset: ({}, {"runs": run_seed(setup, subset, seed, one, methods)}), refresh)
+            for r in rec["metrics"]["runs"]:
+                records.append({"size": k, "subset": "+".join(subset), "method": r["method"], "row": r["row"],
+                                "average": r["average"], "normalized": r["normalized"], "choice": r["choice"]})
+    return pd.DataFrame(records)
+
+
+def plot_scaling(curve, column: str = "normalized", ax=None):
+    """Mean ``column`` over subsets against the number of merged tasks, one line per method (+-1 std band)."""
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6, 4))
+    for row, g in curve.groupby("row", sort=False):
+        stats = g.groupby("size")[column].agg(["mean", "std"]).fillna(0.0)
+        ax.plot(stats.index, stats["mean"], marker="o", label=row)
+        ax.fill_between(stats.index, stats["mean"] - stats["std"], stats["mean"] + stats["std"], alpha=0.15)
+    ax.set_xlabel("number of tasks merged")
+    ax.set_ylabel("normalized accuracy (merged tasks)" if column == "normalized" else "mean accuracy (merged tasks)")
+    ax.set_xticks(sorted(curve["size"].unique()))
+    ax.legend(fontsize=8)
+    return ax

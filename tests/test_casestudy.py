@@ -1,0 +1,374 @@
+"""lsedu.casestudy: the comparison table of notebooks 06-09.
+
+A toy setup (a linear body on Gaussian blobs) checks the table against naive
+computations; the paper track's code path runs offline on the zoo's tiny
+random-init configs (as tests/test_zoo_paper.py does) on a very small budget.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import lsedu
+from lsedu import casestudy
+from lsedu.casestudy import CaseStudyConfig, comparison_table, delta_bytes, summarize, task_subsets
+from lsedu.zoo import FinetuneConfig, Setup, Split, TaskData
+
+SMALL = CaseStudyConfig(finetune_seeds=(0, 1), merge_seeds=(0, 1, 2), lambda_grid=(0.5, 1.0), ties_densities=(0.5,),
+                        ties_lambdas=(1.0,), stitch_densities=(0.3,), loc_batches=1, loc_batch_size=8, loc_epochs=1)
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("LSEDU_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("LSEDU_DEVICE", "cpu")
+
+
+# ----------------------------------------------------------------------------- a toy setup
+
+
+def _blobs(task: int, n: int, seed: int) -> Split:
+    g = torch.Generator().manual_seed(1000 * task + seed)
+    y = torch.arange(n) % 2
+    centre = torch.zeros(2, 6)
+    centre[0, task], centre[1, task] = 1.5, -1.5
+    return Split(centre[y] + torch.randn(n, 6, generator=g), y)
+
+
+class Toy(Setup):
+    """Three binary tasks on 6-d inputs; body: a 6x6 linear layer; head: the task's input coordinate."""
+
+    name = "toy"
+    tasks = ("a", "b", "c")
+    finetune_config = FinetuneConfig(epochs=2, lr=0.05, batch_size=8)
+
+    def identity(self):
+        return {"toy": 1}
+
+    def build_body(self):
+        return nn.Linear(6, 6)
+
+    def load_pretrained(self):
+        return {"weight": torch.eye(6) * 0.3, "bias": torch.zeros(6)}
+
+    def load_task(self, task):
+        i = self.tasks.index(task)
+        return TaskData(task, ("pos", "neg"), _blobs(i, 32, 0), _blobs(i, 16, 1), _blobs(i, 40, 2))
+
+    def batches(self, task, split, batch_size, *, shuffle=False, generator=None):
+        order = torch.randperm(len(split), generator=generator) if shuffle else torch.arange(len(split))
+        for s in range(0, len(split), batch_size):
+            idx = order[s:s + batch_size]
+            yield split.inputs[idx], split.labels[idx]
+
+    def logits(self, task, forward, batch):
+        z = forward(batch[0])[:, self.tasks.index(task)]
+        return torch.stack([z, -z], dim=1)
+
+    def loss(self, task, forward, batch):
+        return F.cross_entropy(self.logits(task, forward, batch), batch[1])
+
+    def predict(self, task, forward, batch):
+        return self.logits(task, forward, batch).argmax(-1), batch[1]
+
+
+@pytest.fixture(scope="module")
+def toy_table(tmp_path_factory):
+    mp = pytest.MonkeyPatch()
+    mp.setenv("LSEDU_CACHE", str(tmp_path_factory.mktemp("cache")))
+    try:
+        setup = Toy(device="cpu", progress=False)
+        yield setup, comparison_table(setup, config=SMALL)
+    finally:
+        mp.undo()
+
+
+def test_table_has_every_row_and_column(toy_table):
+    _, table = toy_table
+    assert list(table.index) == ["pretrained", "fine-tune: a", "fine-tune: b", "fine-tune: c",
+                                 casestudy.LABELS["individual"], "multi-task learning", "uniform averaging",
+                                 "task arithmetic", "TIES", "DARE + task arithmetic",
+                                 "Localize-and-Stitch (dataless)", "Localize-and-Stitch (trained)"]
+    for col in ("a", "b", "c", "average", "average_std", "normalized", "normalized_std", "storage_mb", "runs"):
+        assert col in table.columns
+    runs = table.attrs["runs"]
+    # deterministic rows: one run per fine-tune seed; DARE and trained masks: x3 merge seeds
+    assert table.loc["task arithmetic", "runs"] == 2 and table.loc["DARE + task arithmetic", "runs"] == 6
+    assert table.loc["Localize-and-Stitch (trained)", "runs"] == 6
+    assert set(runs["finetune_seed"]) == {0, 1}
+    assert table["average"].between(0, 1).all()
+
+
+def test_table_matches_naive_computations(toy_table):
+    setup, table = toy_table
+    pre = setup.pretrained()
+    runs = table.attrs["runs"]
+    for seed in (0, 1):
+        fts = {t: setup.finetune(t, setup.finetune_config.replace(seed=seed)) for t in setup.tasks}
+        r = runs[runs["finetune_seed"] == seed].set_index("row")
+        # uniform averaging: the element-wise mean of the fine-tunes
+        avg = {n: sum(fts[t][n] for t in setup.tasks) / 3 for n in pre}
+        for t in setup.tasks:
+            assert r.loc["uniform averaging", f"acc:{t}"] == pytest.approx(setup.evaluate(avg, t))
+        # individual: each fine-tune on its own task; normalized = mean of ratios to it
+        own = {t: setup.evaluate(fts[t], t) for t in setup.tasks}
+        shown = [r.loc[casestudy.LABELS["individual"], f"acc:{t}"] for t in setup.tasks]
+        assert shown == pytest.approx(list(own.values()))
+        accs = {t: r.loc["task arithmetic", f"acc:{t}"] for t in setup.tasks}
+        assert r.loc["task arithmetic", "normalized"] == pytest.approx(sum(accs[t] / own[t] for t in own) / 3)
+        assert r.loc["task arithmetic", "average"] == pytest.approx(sum(accs.values()) / 3)
+        # task arithmetic: lambda is the grid's best by mean validation accuracy (first on ties), never test
+        taus = [{n: fts[t][n] - pre[n] for n in pre} for t in setup.tasks]
+        val = {lam: sum(setup.evaluate({n: pre[n] + lam * sum(tv[n] for tv in taus) for n in pre}, t, "val")
+                        for t in setup.tasks) / 3 for lam in SMALL.lambda_grid}
+        best = max(val, key=lambda k: val[k])
+        assert r.loc["task arithmetic", "choice"] == f"lambda={best:g}"
+        # storage: the pretrained model is free; N fine-tunes cost N deltas, each the cheapest of dense
+        # (4 bytes an entry), values + int32 indices, values + one bit an entry. Here a task's gradient only
+        # reaches its own output row, so the deltas are sparse.
+        def naive(ft):
+            nz = sum(int((ft[n] != pre[n]).sum()) for n in pre)
+            return min(sum(4 * t.numel() for t in pre.values()), 8 * nz,
+                       4 * nz + sum(math.ceil(t.numel() / 8) for t in pre.values()))
+
+        assert r.loc["pretrained", "storage_mb"] == 0
+        assert r.loc[casestudy.LABELS["individual"], "storage_mb"] * 2**20 == sum(naive(fts[t]) for t in fts)
+        assert r.loc["uniform averaging", "storage_mb"] * 2**20 == naive(avg)
+    # the summary is the mean (and sample std) over runs
+    g = runs[runs["row"] == "DARE + task arithmetic"]
+    assert table.loc["DARE + task arithmetic", "average"] == pytest.approx(g["average"].mean())
+    assert table.loc["DARE + task arithmetic", "average_std"] == pytest.approx(g["average"].std(ddof=1))
+
+
+def test_stitched_storage_counts_the_masked_entries_only(toy_table):
+    _, table = toy_table
+    stitched = table.loc["Localize-and-Stitch (dataless)", "storage_mb"]
+    assert stitched <= table.loc["uniform averaging", "storage_mb"]  # a subset of the averaged entries
+    assert stitched < table.loc[casestudy.LABELS["individual"], "storage_mb"]
+
+
+def test_cache_gives_the_same_table_without_work(toy_table, monkeypatch):
+    setup, table = toy_table
+    mp_cache = setup  # the module fixture's cache is gone; a new private cache: compute, then read back
+    first = comparison_table(mp_cache, config=SMALL.replace(finetune_seeds=(0,)), methods=("pretrained", "averaging"))
+
+    def boom(*a, **k):
+        raise AssertionError("run_seed called although the result is cached")
+
+    monkeypatch.setattr(casestudy, "run_seed", boom)
+    again = comparison_table(mp_cache, config=SMALL.replace(finetune_seeds=(0,)), methods=("pretrained", "averaging"))
+    pd.testing.assert_frame_equal(first.drop(columns="choice"), again.drop(columns="choice"))
+    assert list(first.index) == ["pretrained", "uniform averaging"]
+
+
+def test_summarize_by_hand():
+    runs = pd.DataFrame([
+        {"row": "m", "acc:x": 0.5, "acc:y": 0.7, "average": 0.6, "normalized": 0.8, "storage_mb": 2.0, "choice": "l=1"},
+        {"row": "m", "acc:x": 0.7, "acc:y": 0.9, "average": 0.8, "normalized": 1.0, "storage_mb": 2.0, "choice": "l=1"},
+        {"row": "p", "acc:x": 0.1, "acc:y": 0.3, "average": 0.2, "normalized": 0.3, "storage_mb": 0.0, "choice": ""},
+    ])
+    t = summarize(runs, ["x", "y"])
+    assert list(t.index) == ["m", "p"]
+    assert t.loc["m", "x"] == pytest.approx(0.6) and t.loc["m", "average"] == pytest.approx(0.7)
+    assert t.loc["m", "average_std"] == pytest.approx(math.sqrt(0.02))  # sample std of 0.6, 0.8
+    assert math.isnan(t.loc["p", "average_std"]) and t.loc["p", "runs"] == 1 and t.loc["m", "choice"] == "l=1"
+    with pytest.raises(ValueError, match="acc:z"):
+        summarize(runs, ["x", "z"])
+    with pytest.raises(ValueError, match="empty"):
+        summarize(runs.iloc[:0], ["x"])
+
+
+def test_ordering_and_plots(toy_table):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    _, table = toy_table
+    order = casestudy.ordering(table)
+    assert sorted(order) == sorted(["uniform averaging", "task arithmetic", "TIES", "Localize-and-Stitch (dataless)"])
+    assert [table.loc[r, "average"] for r in order] == sorted((table.loc[r, "average"] for r in order), reverse=True)
+    ax = casestudy.plot_comparison(table)
+    assert len(ax.patches) == len(table) - 3  # the three per-task fine-tune rows are not drawn
+    with pytest.raises(ValueError, match="column"):
+        casestudy.plot_comparison(table, column="storage_mb")
+    with pytest.raises(ValueError, match="'nope'"):
+        casestudy.ordering(table, rows=("nope",))
+
+
+def test_scaling_curve_on_the_toy():
+    setup = Toy(device="cpu", progress=False)
+    cfg = SMALL.replace(finetune_seeds=(0,))
+    curve = casestudy.scaling_curve(setup, subsets_per_size=2, config=cfg, methods=("averaging", "task_arithmetic"))
+    assert sorted(set(curve["size"])) == [2, 3]
+    assert (curve.groupby("size")["subset"].nunique() == pd.Series({2: 2, 3: 1})).all()
+    assert set(curve["method"]) == {"averaging", "task_arithmetic"}
+    ax = casestudy.plot_scaling(curve)
+    assert len(ax.get_lines()) == 2
+    with pytest.raises(ValueError, match="merges only"):
+        casestudy.scaling_curve(setup, methods=("pretrained",))
+    with pytest.raises(ValueError, match="sizes"):
+        casestudy.scaling_curve(setup, sizes=(1,))
+
+
+def test_delta_bytes_dense_and_sparse():
+    base = {"w": torch.zeros(100), "b": torch.zeros(10)}
+    dense = {"w": torch.ones(100), "b": torch.ones(10)}
+    assert delta_bytes(base, dense, ["w", "b"]) == 110 * 4
+    sparse = {"w": torch.zeros(100), "b": torch.zeros(10)}
+    sparse["w"][3] = 1.0
+    # one value (4 bytes) plus its position: the bitmask (13 + 2 bytes) is dearer than one int32 index
+    assert delta_bytes(base, sparse, ["w", "b"]) == 4 + 4
+    assert delta_bytes(base, sparse, ["b"]) == 0
+
+
+def test_task_subsets():
+    tasks = ("a", "b", "c", "d")
+    assert task_subsets(tasks, 2, 10) == [("a", "b"), ("a", "c"), ("a", "d"), ("b", "c"), ("b", "d"), ("c", "d")]
+    picked = task_subsets(tasks, 2, 3, seed=5)
+    assert len(picked) == 3 == len(set(picked)) and picked == task_subsets(tasks, 2, 3, seed=5)
+    with pytest.raises(ValueError, match="size"):
+        task_subsets(tasks, 5, 3)
+    with pytest.raises(ValueError, match="limit"):
+        task_subsets(tasks, 2, 0)
+
+
+@pytest.mark.parametrize("changes, match", [
+    ({"finetune_seeds": ()}, "finetune_seeds"),
+    ({"merge_seeds": (0, 0)}, "merge_seeds"),
+    ({"lambda_grid": (0.0,)}, "lambda_grid"),
+    ({"ties_densities": (1.5,)}, "ties_densities"),
+    ({"stitch_densities": "0.1"}, "stitch_densities"),
+    ({"dare_p": 1.0}, "dare_p"),
+    ({"loc_epochs": 0}, "loc_epochs"),
+    ({"eval_batch_size": True}, "eval_batch_size"),
+])
+def test_config_errors_name_the_field(changes, match):
+    with pytest.raises(ValueError, match=match):
+        CaseStudyConfig(**changes)
+
+
+def test_bad_arguments_name_the_culprit():
+    setup = Toy(device="cpu", progress=False)
+    with pytest.raises(ValueError, match=r"\['z'\]"):
+        comparison_table(setup, tasks=("a", "z"))
+    with pytest.raises(ValueError, match="at least 2"):
+        comparison_table(setup, tasks=("a",))
+    with pytest.raises(TypeError, match="tasks"):
+        comparison_table(setup, tasks="ab")
+    with pytest.raises(ValueError, match=r"\['soup'\]"):
+        comparison_table(setup, methods=("soup",))
+    with pytest.raises(TypeError, match="CaseStudyConfig"):
+        comparison_table(setup, config={"finetune_seeds": (0,)})
+
+
+# ----------------------------------------------------------------------------- the paper track, tiny and offline
+
+TINY = CaseStudyConfig(finetune_seeds=(0,), merge_seeds=(0, 1, 2), lambda_grid=(0.5, 1.0), ties_densities=(0.2,),
+                       ties_lambdas=(1.0,), dare_p=0.5, stitch_densities=(0.1,), loc_batches=1, loc_batch_size=4,
+                       loc_epochs=1, eval_batch_size=8)
+
+
+def _sst2() -> TaskData:
+    good = ["a warm and funny film", "great acting and a clever plot", "I loved every minute", "a joy to watch"]
+    bad = ["a dull and silly film", "bad acting and a lazy plot", "I hated every minute", "a chore to watch"]
+    split = Split([(t,) for t in good + bad] * 2, [1] * 4 + [0] * 4 + [1] * 4 + [0] * 4)
+    return TaskData("SST-2", ("negative", "positive"), split.subset(range(8)), split.subset(range(8, 12)), split)
+
+
+def _rte() -> TaskData:
+    pairs = [("A man is sleeping.", "A man rests."), ("A dog runs in a park.", "An animal is outside."),
+             ("A man is sleeping.", "The man is running a race."), ("A dog runs in a park.", "The dog is asleep.")]
+    split = Split(pairs * 2, [0, 0, 1, 1] * 2)
+    return TaskData("RTE", ("entailment", "not_entailment"), split, split.subset([0, 2, 1, 3]), split)
+
+
+def _images(name: str, classes: tuple[str, ...], seed: int) -> TaskData:
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(8) % len(classes)
+    x = torch.randn(18, 3, 32, 32, generator=g)
+    return TaskData(name, classes, Split(x[:8], labels), Split(x[8:12], labels[:4]), Split(x[12:], labels[:6]))
+
+
+def _mc(name: str) -> TaskData:
+    qs = [("Question: What is ice made of?\nAnswer:", [" rock", " water", " wood"], 1),
+          ("Question: What force pulls things down?\nAnswer:", [" gravity", " magnetism", " friction"], 0),
+          ("Q: Can pigs fly?\nA:", [" No, pigs cannot fly.", " Yes, pigs fly."], 0),
+          ("Q: Is the earth flat?\nA:", [" Yes.", " No, it is round."], 1)] * 2
+    split = Split([{"prompt": p, "options": o} for p, o, _ in qs], [y for _, _, y in qs])
+    return TaskData(name, ("0", "1", "2"), split, split.subset([0, 2, 3]), split.subset([1, 2, 5, 7]))
+
+
+def _paper_setup(which: str):
+    from lsedu.zoo.paper import GPT2XL, ClipViTB32, GPT2XLConfig, RobertaLMBFF, RobertaLMBFFConfig
+
+    steps = FinetuneConfig(epochs=1, lr=1e-3, batch_size=4, seed=0)
+    if which == "text":
+        return RobertaLMBFF(tiny=True, data={"SST-2": _sst2(), "RTE": _rte()}, progress=False,
+                            config=RobertaLMBFFConfig(steps=2, finetune=steps))
+    if which == "vision":
+        data = {"MNIST": _images("MNIST", ("0", "1", "2"), 0), "EuroSAT": _images("EuroSAT", ("forest", "river"), 10)}
+        return ClipViTB32(tiny=True, data=data, progress=False,
+                          config=paper_clip_config(steps))
+    return GPT2XL(tiny=True, data={"science": _mc("science"), "truthfulness": _mc("truthfulness")},
+                  progress=False, config=GPT2XLConfig(finetune=steps))
+
+
+def paper_clip_config(steps):
+    from lsedu.zoo.paper import ClipViTB32Config
+
+    return ClipViTB32Config(epochs={"MNIST": 1, "EuroSAT": 1}, warmup_steps=0, finetune=steps)
+
+
+@pytest.mark.parametrize("which", ["text", "vision", "causal_lm"])
+def test_paper_track_runs_the_whole_table_offline(which):
+    """The notebooks' paper track (TRACK = "paper") on tiny random models: every row, merged tensors only."""
+    setup = _paper_setup(which)
+    table = comparison_table(setup, config=TINY)
+    tasks = list(setup.tasks)
+    assert len(tasks) == 2 and all(t in table.columns for t in tasks)
+    assert {"pretrained", "multi-task learning", "TIES", "Localize-and-Stitch (trained)"} <= set(table.index)
+    assert table[tasks].stack().between(0, 1).all()
+    assert table.loc["DARE + task arithmetic", "runs"] == 3
+    # storage covers the merged tensors only: a fine-tune's delta is at most their dense size
+    names = casestudy.merge_names(setup)
+    dense = sum(setup.pretrained()[n].numel() * 4 for n in names)
+    assert 0 < table.loc[f"fine-tune: {tasks[0]}", "storage_mb"] * 2**20 <= dense
+    assert table.loc["Localize-and-Stitch (dataless)", "storage_mb"] * 2**20 < dense
+
+
+def test_merge_names_laptop_default_is_the_trainable_floats():
+    setup = Toy(device="cpu", progress=False)
+    assert casestudy.merge_names(setup) == ["weight", "bias"]
+    assert lsedu.storage  # the library function storage relies on
+
+
+def test_pretty_and_paper_comparison(toy_table):
+    _, table = toy_table
+    shown = casestudy.pretty(table)
+    assert list(shown.columns[:3]) == ["a", "b", "c"] and "±" in shown.loc["DARE + task arithmetic", "average"]
+    assert shown.loc["pretrained", "storage (MB)"] == "0.00"
+    cmp = casestudy.paper_comparison(table, "vision")
+    assert cmp.loc["TIES", "paper (%)"] == 72.4
+    assert cmp.loc["TIES", "ours (%)"] == pytest.approx(100 * table.loc["TIES", "average"])
+    assert math.isnan(cmp.loc["DARE + task arithmetic", "paper (%)"])
+    with pytest.raises(ValueError, match="setup_name"):
+        casestudy.paper_comparison(table, "audio")
+
+
+def test_limited_evaluation_scores_the_first_examples():
+    setup = Toy(device="cpu", progress=False)
+    pre = setup.pretrained()
+    full = casestudy.mean_accuracy(setup, pre, ["a"], "test")["a"]
+    assert full == setup.evaluate(pre, "a")
+    first = casestudy.mean_accuracy(setup, pre, ["a"], "test", limit=10)["a"]
+    data = setup.task("a").test.subset(range(10))
+    z = data.inputs @ pre["weight"].T + pre["bias"]
+    assert first == pytest.approx(float(((z[:, 0] < 0).long() == data.labels).float().mean()))
+    assert casestudy.mean_accuracy(setup, pre, ["a"], "test", limit=10_000)["a"] == full
+    with pytest.raises(ValueError, match="max_test"):
+        CaseStudyConfig(max_test=0)
