@@ -8,6 +8,7 @@ dict is returned. Modules follow the book's chapters:
 module                 what                                             notebook
 =====================  ===============================================  ========
 ``task_vectors``       ``TaskVector``, ``select``, ``cosine_similarity``  00, 03
+``curves``             ``sweep_line``, ``LineSweep``                     01, 02
 ``soups``              ``uniform_soup``, ``greedy_soup``                 02
 ``task_arithmetic``    ``task_arithmetic``, ``pick_lambda``              03
 ``ties``               ``trim``, ``elect_sign``, ``disjoint_mean``,      04

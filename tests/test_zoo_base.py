@@ -336,3 +336,32 @@ def test_soup_configs_sweep_learning_rate_and_seed(toy):
     assert len({json.dumps(c.to_dict(), sort_keys=True) for c in cfgs}) == 5  # five different fine-tunes
     with pytest.raises(ValueError, match="positive int"):
         toy.soup_configs(0)
+
+
+# ----------------------------------------------------------------------------- mean loss
+
+
+def test_evaluate_loss_is_the_mean_cross_entropy_over_examples(toy):
+    """Against a naive loop: one example at a time through the frozen head, then the plain mean."""
+    import torch.nn.functional as F
+
+    pre = toy.pretrained()
+    data = toy.task("a").val
+    model, head = toy.module(pre), toy.head("a")
+    with torch.no_grad():
+        naive = sum(float(F.cross_entropy(model(data.inputs[i:i + 1]) @ head["weight"].T + head["bias"],
+                                          data.labels[i:i + 1])) for i in range(len(data))) / len(data)
+    # batch sizes that do and do not divide the split: the mean is over examples either way
+    for bs in (1, 7, 64, 1000):
+        assert toy.evaluate_loss(pre, "a", "val", batch_size=bs) == pytest.approx(naive, rel=1e-5)
+
+
+def test_evaluate_loss_falls_when_fine_tuning_and_checks_its_arguments(toy):
+    pre, ft = toy.pretrained(), toy.finetune("a")
+    assert toy.evaluate_loss(ft, "a") < toy.evaluate_loss(pre, "a")
+    with pytest.raises(ValueError, match="batch_size"):
+        toy.evaluate_loss(pre, "a", batch_size=0)
+    with pytest.raises(ValueError, match="split must be"):
+        toy.evaluate_loss(pre, "a", split="dev")
+    with pytest.raises(ValueError, match="unknown task 'c'"):
+        toy.evaluate_loss(pre, "c")

@@ -264,10 +264,33 @@ class Setup(abc.ABC):
             total += len(true)
         return right / total
 
+    @torch.no_grad()
+    def evaluate_loss(self, body: Mapping[str, torch.Tensor], task: str, split: str = "test",
+                      batch_size: int = 64) -> float:
+        """Mean training loss (:meth:`loss`, e.g. cross-entropy) of the body ``body`` over ``task``'s ``split``.
+
+        The mean is over examples: the split is cut into chunks of
+        ``batch_size`` examples in its fixed order, and each chunk's mean loss
+        counts as many times as it has examples. Accuracy only says whether
+        the top guess is right; the loss also says how sure the model is,
+        so it shows a model getting worse before its accuracy drops
+        (notebook 01 plots both along a line in weight space).
+        """
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        data = self.task(task).split(split)
+        model = self.module(body)
+        total = 0.0
+        for start in range(0, len(data), batch_size):
+            chunk = data.subset(range(start, min(start + batch_size, len(data))))
+            losses = [float(self.loss(task, model, batch)) for batch in self.batches(task, chunk, batch_size)]
+            total += len(chunk) * sum(losses) / len(losses)
+        return total / len(data)
+
     def evaluate_all(self, body: Mapping[str, torch.Tensor], tasks: Sequence[str] | None = None,
-                     split: str = "test") -> dict[str, float]:
+                     split: str = "test", batch_size: int = 64) -> dict[str, float]:
         """``{task: accuracy}`` of ``body`` on every task (or ``tasks``)."""
-        return {t: self.evaluate(body, t, split) for t in (tasks or self.tasks)}
+        return {t: self.evaluate(body, t, split, batch_size) for t in (tasks or self.tasks)}
 
     def _train(self, body: StateDict, steps: Sequence[tuple[str, Any]], cfg: FinetuneConfig, desc: str) -> StateDict:
         model = self.build_body().to(self.device)
