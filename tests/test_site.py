@@ -196,7 +196,7 @@ def site(tmp_path_factory) -> Path:
                   if f"notebooks/{p.name}" not in execute)
     config = yaml.safe_load((ROOT / "_config.yml").read_text())
     config["execute"]["exclude_patterns"] = skip
-    (out / "_config.yml").write_text(yaml.safe_dump(config))
+    (out / "_config.yml").write_text(yaml.safe_dump(config, sort_keys=False))  # script order matters
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "MPLBACKEND": "Agg"}
     build = subprocess.run([str(Path(sys.executable).parent / "jupyter-book"), "build", "--all", "-W", "-n", "--keep-going",
                             ".", "--config", str(out / "_config.yml"), "--path-output", str(out)],
@@ -268,15 +268,22 @@ def test_every_page_renders_offline_with_typeset_equations(site, served, browser
 
 
 def test_widgets_render_from_the_embedded_state(site, served, browser):
+    """Every embedded widget view renders (progress bars included), and the explorers' sliders show."""
     pages = [p for p in _toc_pages() if "application/vnd.jupyter.widget-view+json" in (site / p).read_text()]
     assert pages, "no page of the book embeds a widget: were the widget cells executed with their state saved?"
+    sliders = {}
     for page in pages:
         views = (site / page).read_text().count('type="application/vnd.jupyter.widget-view+json"')
         urls = browser.open(f"http://{served}/{page}")
-        shown = browser.wait_for(".jupyter-widgets.widget-slider, .jupyter-widgets .widget-slider", 1)
-        assert shown >= 1, f"{page}: {views} widget views embedded, no slider rendered"
-        assert browser.wait_for(".jupyter-widgets", views) >= views, f"{page}: fewer widgets rendered than embedded"
+        # html-manager renders each view in place of its script tag, in a div.jupyter-widgets root
+        shown = browser.wait_for(".jupyter-widgets:not(.jupyter-widgets .jupyter-widgets)", views)
+        assert shown >= views, f"{page}: {views} widget views embedded, {shown} rendered"
+        sliders[page] = browser.count(".widget-slider")
         assert not leaving(urls + browser.requests(), served)
+    explorers = [p for p in pages if p.removesuffix(".html") + ".ipynb" in _widget_notebooks()]
+    assert explorers, f"no page with an lsedu.explore explorer among {pages}"
+    for page in explorers:
+        assert sliders[page] >= 1, f"{page}: the explorers' sliders did not render"
 
 
 def test_every_notebook_is_in_the_table_of_contents():
