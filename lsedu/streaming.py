@@ -8,9 +8,14 @@ Peak memory is a few tensors per input, whatever the size of the model.
 
 Methods whose thresholds are global (TIES with ``trim: global``,
 Localize-and-Stitch, DARE followed by global TIES) first find each task
-vector's exact top-k threshold with a streamed radix select
-(:class:`lsedu.topk.RadixSelect`): two extra read passes, and no
-concatenation of the model.
+vector's exact top-k threshold: a small sample brackets it, and one streamed
+pass counts the entries above the bracket and keeps those inside it (a radix
+select, :class:`lsedu.topk.RadixSelect`, finishes the rare miss). That is
+one extra read pass, and no concatenation of the model.
+
+The arithmetic runs in the fused loops of :mod:`lsedu.fused`, one pass over
+memory per block instead of torch's dozen; they are bit-identical to the
+reference functions that the notebooks use.
 
 Nothing is lost: inputs are only read, the output is written into a hidden
 temporary folder next to the destination and renamed only once complete, and
@@ -21,27 +26,29 @@ written.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 import yaml
 from tqdm.auto import tqdm
 
+from . import fused
 from ._checks import all_finite, check_fraction, check_scalar
 from .checkpoints import Checkpoint, MaskWriter, ShardedWriter, load_masks
 from .dare import drop_and_rescale
 from .localize_stitch import _stitched_vector
 from .soups import uniform_soup
 from .task_vectors import select
-from .ties import _disjoint_mean, _elect_sign
-from .topk import RadixSelect, TopKMasker, count_for_density
+from .topk import KthLargest, RadixSelect, count_for_density
 
 METHODS = {
     # method: {parameter: default}
@@ -283,15 +290,22 @@ def chunks(shape: tuple[int, ...], chunk: int | None = None) -> list[tuple[int, 
     return [(a, min(a + step, shape[0])) for a in range(0, shape[0], step)]
 
 
-def _read(name: str, rows, ckpts: Sequence[Checkpoint]) -> list[torch.Tensor]:
-    """The raw bytes of tensor ``name`` (rows ``rows``) from every checkpoint: the I/O of one unit."""
-    return [c.read(name, rows) for c in ckpts]
+class _Reader:
+    """Reads tensor ``name`` (rows ``rows``) from every checkpoint, and counts the bytes: the I/O of one unit."""
+
+    def __init__(self):
+        self.bytes = 0
+
+    def __call__(self, name: str, rows, ckpts: Sequence[Checkpoint]) -> list[torch.Tensor]:
+        out = [c.read(name, rows) for c in ckpts]
+        self.bytes += sum(t.numel() * t.element_size() for t in out)
+        return out
 
 
 def _prefetch(units, load):
     """Yield ``(unit, load(unit))``, loading the next unit in a thread while the caller computes.
 
-    Reading (a copy out of the memory-mapped file) and torch's kernels both
+    Reading (a copy out of the memory-mapped file) and the merge kernels both
     release the GIL, so the disk and the cores work at the same time; one
     unit ahead keeps the extra memory to one unit.
     """
@@ -307,74 +321,245 @@ def _prefetch(units, load):
             yield unit, data
 
 
-def _task_vectors(name: str, rows, raw: Sequence[torch.Tensor], ckpts: Sequence[Checkpoint], recipe: MergeRecipe,
-                  check: bool = True):
-    """float32 ``base[name]`` and every ``tau_i[name]`` (rows ``rows`` only), after DARE's drop for dare.
+@dataclass
+class _Block:
+    """One unit's entries, flat float32, as the fused kernels take them.
 
-    ``raw`` is what :func:`_read` returned for ``ckpts = [base, *models]``.
+    ``srcs`` are the fine-tuned models' entries (``is_tau=False``) or, after
+    DARE's drop, the task vectors themselves (``is_tau=True``).
+    """
+
+    b: np.ndarray
+    srcs: tuple[np.ndarray, ...]
+    is_tau: bool
+
+    def taus(self) -> list[torch.Tensor]:
+        b = torch.from_numpy(self.b)
+        return [torch.from_numpy(s) if self.is_tau else torch.from_numpy(s) - b for s in self.srcs]
+
+
+def _flat32(t: torch.Tensor) -> np.ndarray:
+    return t.float().reshape(-1).contiguous().numpy()
+
+
+def _block(name: str, rows, raw: Sequence[torch.Tensor], ckpts: Sequence[Checkpoint], recipe: MergeRecipe,
+           check: bool = True) -> _Block:
+    """The base's and the models' entries of tensor ``name`` (rows ``rows``), after DARE's drop for dare.
+
+    ``raw`` is what :class:`_Reader` returned for ``ckpts = [base, *models]``.
     ``check``: look for NaN and inf (the first pass over the inputs does; later passes read the same bytes).
     """
     if check:
         for t, c in zip(raw, ckpts):
             _finite(t, name, c)
-    b = raw[0].float()
-    # Not in place: safetensors may hand out views of its memory map, which a later pass reads again.
-    taus = [t.float() - b for t in raw[1:]]
-    if recipe.merge_method == "dare":
-        base = ckpts[0]
-        p, seed = recipe.parameters["p"], recipe.parameters["seed"]
-        numel = 1
-        for s in base.shape(name):
-            numel *= s
-        start = 0 if rows is None else rows[0] * (numel // base.shape(name)[0])
-        taus = [drop_and_rescale(t, p, seed + i, name, numel, start) for i, t in enumerate(taus)]
-    return b, taus
+    b = _flat32(raw[0])
+    if recipe.merge_method != "dare":
+        return _Block(b, tuple(_flat32(t) for t in raw[1:]), False)
+    base, bt = ckpts[0], torch.from_numpy(b)
+    p, seed = recipe.parameters["p"], recipe.parameters["seed"]
+    numel = math.prod(base.shape(name))
+    start = 0 if rows is None else rows[0] * (numel // base.shape(name)[0])
+    taus = [drop_and_rescale(torch.from_numpy(_flat32(t)) - bt, p, seed + i, name, numel, start)
+            for i, t in enumerate(raw[1:])]
+    return _Block(b, tuple(t.numpy() for t in taus), True)
 
 
-def _thresholds(units, ckpts, recipe, progress, what: str) -> list[TopKMasker]:
-    """Exact top-k of |tau_i| over ``units`` (name, rows), for every model at once: two streamed passes."""
-    selectors = [RadixSelect() for _ in ckpts[1:]]
-    load = lambda u: _read(u[0], u[1], ckpts)  # noqa: E731
-    for (name, rows), raw in tqdm(_prefetch(units, load), total=len(units), desc=f"{what}: histograms",
+# --- exact top-k thresholds ------------------------------------------------------------------------------
+#: The exact top-k first estimates each threshold from a sample (one row in SAMPLE_STRIDE of every
+#: tensor: under 1% of the bytes), then finds it exactly in one read pass that counts the entries above
+#: the sample's bracket and keeps those inside it. So an exact global trim reads its inputs about
+#: twice, not three times. If the bracket misses (it is wide enough that this is very rare), a
+#: radix-select pass finishes the job, and the result is exact either way.
+SAMPLE_STRIDE = 256
+#: Entries sampled from one tensor held in memory (a per-tensor trim).
+SAMPLE_ENTRIES = 1 << 16
+
+
+def _bracket(sample: torch.Tensor, n: int, k: int) -> tuple[float, float, float]:
+    """``lo, hi`` that hold the k-th largest of ``n`` values with high probability, given a sample of
+    them, and the fraction of the sample inside ``[lo, hi]`` (a point mass, such as DARE's zeros, counts)."""
+    sample = sample[torch.isfinite(sample)]
+    m = sample.numel()
+    if m < 64:
+        return 0.0, math.inf, 1.0
+    q = k / n
+    at = (1 - q) * m  # ascending position of the k-th largest in the sample
+    margin = 5 * math.sqrt(m * q * (1 - q)) + 0.001 * m + 4  # 5 standard errors, plus slack for a non-random sample
+    lo_i, hi_i = math.floor(at - margin), math.ceil(at + margin)
+    lo = 0.0 if lo_i < 0 else float(torch.kthvalue(sample, lo_i + 1).values)
+    hi = math.inf if hi_i >= m else float(torch.kthvalue(sample, hi_i + 1).values)
+    return lo, hi, float(((sample >= lo) & (sample <= hi)).float().mean())
+
+
+#: At most this many candidates (64 MB) a task vector are kept; a bracket holding more counts as a miss.
+MAX_CANDIDATES = 1 << 24
+
+
+class _Bracketed:
+    """The pass that finds K exact k-th largest values of ``|tau_i|`` inside their brackets."""
+
+    def __init__(self, brackets, n: int, k: int, histograms: bool):
+        self.n, self.k = n, k
+        K = len(brackets)
+        self.lo = np.array([b[0] for b in brackets], np.float32)
+        self.hi = np.array([b[1] for b in brackets], np.float32)
+        cap = min(n, int(2 * max(b[2] for b in brackets) * n) + 4096, MAX_CANDIDATES)
+        self.cand = np.empty((K, cap + 1), np.float32)  # one spare slot: see fused.bracket_count
+        self.above = np.zeros(K, np.int64)
+        self.n_cand = np.zeros(K, np.int64)
+        self.hist = np.zeros((K, 1 << 16 if histograms else 0), np.int64)
+        self.scratch = np.empty(0, np.float32)
+
+    def count(self, blk: _Block) -> None:
+        if self.scratch.size < blk.b.size:
+            self.scratch = np.empty(blk.b.size, np.float32)
+        fused.bracket_count(blk.b, blk.srcs, blk.is_tau, self.lo, self.hi, self.above, self.n_cand, self.cand,
+                            self.hist, self.scratch)
+
+    def result(self, i: int) -> KthLargest | None:
+        """The exact k-th largest of task ``i``, or None if it is not inside the bracket."""
+        above, n_cand, k = int(self.above[i]), int(self.n_cand[i]), self.k
+        if n_cand > self.cand.shape[1] - 1 or not above < k <= above + n_cand:
+            return None
+        c = torch.from_numpy(self.cand[i, :n_cand])
+        v = torch.kthvalue(c, n_cand - (k - above) + 1).values
+        return KthLargest(float(v), int(v.view(torch.int32)), above + int((c > v).sum()), int((c == v).sum()), k)
+
+
+def _sample_units(units, base: Checkpoint) -> list[tuple[str, tuple[int, int] | None]]:
+    """About one row in SAMPLE_STRIDE of every tensor in ``units``; 1-D tensors are read whole."""
+    out = []
+    for name in dict.fromkeys(n for n, _ in units):
+        shape = base.shape(name)
+        if len(shape) < 2:
+            out.append((name, None))
+        else:
+            picked = range(SAMPLE_STRIDE // 2, shape[0], SAMPLE_STRIDE) or [shape[0] // 2]
+            out += [(name, (r, r + 1)) for r in picked if shape[0]]
+    return out
+
+
+def _thresholds(units, ckpts, recipe, reader: _Reader, progress, what: str) -> _Trim:
+    """Exact top-k of |tau_i| over ``units`` (name, rows), for every model at once, streamed."""
+    base, K = ckpts[0], len(ckpts) - 1
+    load = lambda u: reader(u[0], u[1], ckpts)  # noqa: E731
+    n = sum(math.prod(base.shape(name)) if rows is None else (rows[1] - rows[0]) * math.prod(base.shape(name)[1:])
+            for name, rows in units)
+    k = count_for_density(n, recipe.parameters["density"])
+    samples = [[] for _ in range(K)]
+    for (name, rows), raw in tqdm(_prefetch(_sample_units(units, base), load), total=None, desc=f"{what}: sample",
                                   disable=not progress, leave=False):
-        for sel, t in zip(selectors, _task_vectors(name, rows, raw, ckpts, recipe)[1]):
-            sel.count(t)
-    density = recipe.parameters["density"]
-    for sel in selectors:
-        sel.choose_bucket(count_for_density(sel.n, density))
-    for (name, rows), raw in tqdm(_prefetch(units, load), total=len(units), desc=f"{what}: thresholds",
+        stride = SAMPLE_STRIDE if rows is None else 1
+        for i, t in enumerate(_block(name, rows, raw, ckpts, recipe, check=False).taus()):
+            samples[i].append(t.abs()[::stride])
+    brackets = [_bracket(torch.cat(s) if s else torch.zeros(0), n, k) for s in samples]
+    finder = _Bracketed(brackets, n, k, histograms=True)
+    for (name, rows), raw in tqdm(_prefetch(units, load), total=len(units), desc=f"{what}: count",
                                   disable=not progress, leave=False):
-        for sel, t in zip(selectors, _task_vectors(name, rows, raw, ckpts, recipe, check=False)[1]):
-            sel.refine(t)
-    return [TopKMasker(sel.result()) for sel in selectors]
+        finder.count(_block(name, rows, raw, ckpts, recipe))
+    kths = [finder.result(i) for i in range(K)]
+    missed = [i for i in range(K) if kths[i] is None]
+    if missed:  # the bracket missed: the histograms of pass 1 start a radix select; one more pass ends it
+        selectors = []
+        for i in missed:
+            sel = RadixSelect()
+            sel.hist, sel.n = torch.from_numpy(finder.hist[i].copy()), n
+            sel.choose_bucket(k)
+            selectors.append(sel)
+        for (name, rows), raw in tqdm(_prefetch(units, load), total=len(units), desc=f"{what}: refine",
+                                      disable=not progress, leave=False):
+            taus = _block(name, rows, raw, ckpts, recipe, check=False).taus()
+            for sel, i in zip(selectors, missed):
+                sel.refine(taus[i])
+        for sel, i in zip(selectors, missed):
+            kths[i] = sel.result()
+    return _Trim(kths)
 
 
-def _masker(t: torch.Tensor, density: float) -> TopKMasker:
-    """The exact top-``density`` of one tensor held in memory (a per-tensor trim)."""
+def _tensor_trim(blk: _Block, density: float) -> _Trim:
+    """The exact top-``density`` of each task vector of one tensor held in memory (a per-tensor trim)."""
+    n = blk.b.size
+    k = count_for_density(n, density)
+    if n <= SAMPLE_ENTRIES:
+        brackets = [(0.0, math.inf, 1.0)] * len(blk.srcs)
+    else:
+        idx = np.sort(torch.randint(n, (SAMPLE_ENTRIES,), generator=torch.Generator().manual_seed(0)).numpy())
+        brackets = [_bracket(torch.from_numpy(np.abs(s[idx] if blk.is_tau else s[idx] - blk.b[idx])), n, k)
+                    for s in blk.srcs]
+    finder = _Bracketed(brackets, n, k, histograms=False)
+    finder.count(blk)
+    kths = [finder.result(i) for i in range(len(blk.srcs))]
+    if any(kth is None for kth in kths):  # a missed bracket: the radix select, in torch, on this tensor
+        taus = blk.taus()
+        kths = [kth or _radix_kth(taus[i], k) for i, kth in enumerate(kths)]
+    return _Trim(kths)
+
+
+def _radix_kth(t: torch.Tensor, k: int) -> KthLargest:
     sel = RadixSelect()
     sel.count(t)
-    sel.choose_bucket(count_for_density(t.numel(), density))
+    sel.choose_bucket(k)
     sel.refine(t)
-    return TopKMasker(sel.result())
+    return sel.result()
 
 
-def _merge_part(name, b, taus, recipe, maskers, loaded) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """The merged float32 part of tensor ``name``, and the masks used (for localize_stitch).
+class _Trim:
+    """Exact top-k trims of K task vectors, applied one block at a time, in order.
 
-    ``maskers`` hold the exact top-k thresholds (global, or of this tensor
-    for a per-tensor trim); ``loaded`` the parts of masks read from disk.
+    Entries above the k-th largest value are kept; of the entries equal to it,
+    the first ``k - n_greater`` in position order (the rule of :class:`lsedu.topk.TopKMasker`).
+    :meth:`runs` cuts each block into runs in which every task keeps all of
+    its ties or none, the form the fused kernels take.
     """
-    # The inputs were checked once, up front: call the methods' kernels, not their checked front doors.
+
+    def __init__(self, kths: Sequence[KthLargest]):
+        self.thr = np.array([kth.value for kth in kths], np.float32)
+        self.take = [kth.k - kth.n_greater for kth in kths]  # ties still to keep
+        self.ties_left = [kth.n_equal for kth in kths]  # ties not yet passed (exact while counted)
+
+    def runs(self, blk: _Block) -> list[tuple[int, int, np.ndarray]]:
+        """``(start, stop, allow)`` runs covering the block; ``allow[i]``: task i keeps its ties there."""
+        n, K = blk.b.size, len(self.take)
+        allow = np.array([t > 0 for t in self.take])
+        if not any(0 < t < left for t, left in zip(self.take, self.ties_left)):
+            return [(0, n, allow)]  # every tie ahead is kept (or none is): nothing to count
+        counts = np.zeros(K, np.int64)
+        fused.count_equal(blk.b, blk.srcs, blk.is_tau, self.thr, counts)
+        cut = {}  # task -> the position after its last kept tie
+        for i in range(K):
+            c = int(counts[i])
+            if 0 < self.take[i] < c:
+                cut[i] = fused.nth_equal(blk.b, blk.srcs[i], blk.is_tau, self.thr[i], self.take[i]) + 1
+            self.take[i] -= min(c, self.take[i])
+            self.ties_left[i] -= c
+        points = sorted({0, n, *cut.values()})
+        return [(a, z, np.array([allow[i] and (i not in cut or z <= cut[i]) for i in range(K)]))
+                for a, z in zip(points, points[1:])]
+
+
+def _merge_block(blk: _Block, recipe: MergeRecipe, trim: _Trim | None, loaded) -> tuple[torch.Tensor, list]:
+    """The merged float32 entries of one block, and the masks used (for localize_stitch).
+
+    ``trim`` holds the exact top-k thresholds (global, or of this tensor for a
+    per-tensor trim); ``loaded`` the parts of masks read from disk.
+    """
     m, p = recipe.merge_method, recipe.parameters
+    out = np.empty(blk.b.size, np.float32)
     if m == "task_arithmetic" or (m == "dare" and p["then"] == "task_arithmetic"):
-        return b + p["lambda"] * sum(taus), []
-    if m in ("ties", "dare"):
-        trimmed = [{name: t.masked_fill_(~mk(t), 0.0)} for mk, t in zip(maskers, taus)]  # taus are fresh tensors
-        return b + p["lambda"] * _disjoint_mean(trimmed, _elect_sign(trimmed))[name], []
-    if m == "localize_stitch":
-        masks = loaded if loaded is not None else [mk(t) for mk, t in zip(maskers, taus)]
-        return b + _stitched_vector([{name: t} for t in taus], [{name: mk} for mk in masks])[name], masks
-    raise AssertionError(m)
+        fused.task_arithmetic(blk.b, blk.srcs, blk.is_tau, p["lambda"], out)
+        return torch.from_numpy(out), []
+    if loaded is not None:  # masks from disk: the reference function
+        masks = [mk.reshape(-1) for mk in loaded]
+        stitched = _stitched_vector([{"x": t} for t in blk.taus()], [{"x": mk} for mk in masks])["x"]
+        return torch.from_numpy(blk.b) + stitched, loaded
+    masks = np.empty((len(blk.srcs), blk.b.size), np.bool_) if m == "localize_stitch" else None
+    for a, z, allow in trim.runs(blk):
+        b, srcs = blk.b[a:z], tuple(s[a:z] for s in blk.srcs)
+        if m == "localize_stitch":
+            fused.stitch(b, srcs, blk.is_tau, trim.thr, allow, out[a:z], masks[:, a:z])
+        else:
+            fused.ties(b, srcs, blk.is_tau, trim.thr, allow, p["lambda"], out[a:z])
+    return torch.from_numpy(out), [] if masks is None else [torch.from_numpy(mk) for mk in masks]
 
 
 def merge_checkpoints(
@@ -433,10 +618,11 @@ def merge_checkpoints(
             recipe.merge_method == "ties" or recipe.parameters["then"] == "ties")
         piece = max(CHUNK_ENTRIES, PER_TENSOR_WHOLE_ENTRIES) if per_tensor else CHUNK_ENTRIES
         units = {n: chunks(base.shape(n), piece) for n in names}
-        maskers = None
+        reader, ckpts = _Reader(), [base, *models]
+        trim = None
         if recipe.global_threshold:
             flat_units = [(n, r) for n in names for r in units[n]]
-            maskers = _thresholds(flat_units, [base, *models], recipe, progress, "global top-k")
+            trim = _thresholds(flat_units, ckpts, recipe, reader, progress, "global top-k")
         if recipe.save_masks is not None:
             mask_dir_tmp = recipe.save_masks.resolve().parent / f".{recipe.save_masks.name}.tmp-{os.getpid()}"
             shutil.rmtree(mask_dir_tmp, ignore_errors=True)
@@ -444,22 +630,23 @@ def merge_checkpoints(
             meta = {"density": str(recipe.parameters["density"]), "base_model": str(recipe.base_model)}
             mask_writers = [MaskWriter(mask_dir_tmp / f"mask_{i}.safetensors", [(n, base.shape(n)) for n in names],
                                        {**meta, "model": str(p)}) for i, p in enumerate(recipe.models)]
-        last = "pass 3/3: merge" if recipe.global_threshold else "merge"
-        ckpts = [base, *models]
         work = [(n, r) for n in base for r in (units[n] if n in merged_names else chunks(base.shape(n)))]
+        # The bytes one pass reads: the base's every tensor, the models' merged ones.
+        one_pass = base.nbytes() + sum(m.nbytes_of(n) for m in models for n in names)
 
         def load(unit):
             name, rows = unit
-            return _read(name, rows, ckpts if name in merged_names else [base])
+            return reader(name, rows, ckpts if name in merged_names else [base])
 
         current = None
-        for (name, rows), raw in tqdm(_prefetch(work, load), total=len(work), desc=last, disable=not progress):
+        desc = "merge (pass 2 of 2)" if recipe.global_threshold else "merge"
+        for (name, rows), raw in tqdm(_prefetch(work, load), total=len(work), desc=desc, disable=not progress):
             if name not in merged_names:
                 writer.write(name, raw[0])
                 continue
             cut = len(units[name]) > 1
-            if per_tensor and cut and name != current:  # this tensor's own thresholds: two more reads of it
-                maskers = _thresholds([(name, r) for r in units[name]], ckpts, recipe, False, name)
+            if per_tensor and cut and name != current:  # this tensor's own thresholds, streamed
+                trim = _thresholds([(name, r) for r in units[name]], ckpts, recipe, reader, False, name)
             current = name
             if recipe.merge_method == "average":
                 for t, c in zip(raw[1:], models):
@@ -467,15 +654,16 @@ def merge_checkpoints(
                 writer.write(name, uniform_soup([{name: t} for t in raw[1:]])[name])
                 continue
             first_read = not recipe.global_threshold and not (per_tensor and cut)
-            b, taus = _task_vectors(name, rows, raw, ckpts, recipe, check=first_read)
+            blk = _block(name, rows, raw, ckpts, recipe, check=first_read)
             del raw
             if per_tensor and not cut:  # the whole tensor is in memory: rank it there
-                maskers = [_masker(t, recipe.parameters["density"]) for t in taus]
+                trim = _tensor_trim(blk, recipe.parameters["density"])
             part = None
             if loaded is not None:
                 part = [lm[name] if rows is None else lm[name][rows[0] : rows[1]] for lm in loaded]
-            merged, masks = _merge_part(name, b, taus, recipe, maskers, part)
-            writer.write(name, merged.to(base.dtype(name)))
+            merged, masks = _merge_block(blk, recipe, trim, part)
+            shape = base.shape(name) if rows is None else (rows[1] - rows[0], *base.shape(name)[1:])
+            writer.write(name, merged.reshape(shape).to(base.dtype(name)))
             for w, mk in zip(mask_writers, masks):
                 w.write(name, mk)
         writer.close()
@@ -503,15 +691,7 @@ def merge_checkpoints(
         if mask_dir_tmp is not None:
             shutil.rmtree(mask_dir_tmp, ignore_errors=True)
         raise
-    # How many times each input byte was read, on average: global thresholds read everything three
-    # times; a per-tensor trim reads the tensors it had to cut into chunks three times, the rest once.
-    if recipe.global_threshold:
-        passes = 3.0
-    elif per_tensor:
-        cut_bytes = sum(base.nbytes_of(n) for n in names if len(units[n]) > 1)
-        passes = 1.0 + 2.0 * cut_bytes / max(base.nbytes(), 1)
-    else:
-        passes = 1.0
+    passes = reader.bytes / max(one_pass, 1)  # how many times each input byte was read, on average
     return MergeReport(out, recipe.merge_method, len(base), len(names), passes, time.perf_counter() - start,
                        base.nbytes() * (1 + len(models)), saved)
 
