@@ -14,11 +14,16 @@ prints one table:
 * peak anonymous RSS (RssAnon, sampled every 20 ms): the memory the process
   really allocated, the figure that decides whether a merge fits.
 
-Rows: lsedu merge with per-tensor TIES (one read pass) and with global TIES
-(exact global top-k: three read passes); an in-memory merge that loads every
-model and calls ``lsedu.ties_merge``; mergekit's TIES (per-tensor, the only
-trim it has) on the same files; and the I/O floor, reading every input tensor
-once. The in-memory row runs under an address-space limit of --memory-limit
+Rows: the I/O floor, reading every input file once, with the page cache
+(buffered) and past it (O_DIRECT, as lsedu merge reads big blocks); the
+ratio column divides by the faster of the two. lsedu merge with per-tensor
+TIES (one read pass) and with global TIES (exact global top-k: a sample,
+then two read passes); an in-memory merge that loads every model and calls
+``lsedu.ties_merge``; mergekit's TIES (per-tensor, the only trim it has) on
+the same files. A start-up row shows what Python, torch and lsedu take to
+import, which every lsedu row pays and the I/O floor does not. CPU s is the row's user + system time: on a shared disk whose
+speed drifts from minute to minute, it shows the work a row does whatever
+the disk. ``--repeat N`` runs the rounds N times and reports medians. The in-memory row runs under an address-space limit of --memory-limit
 GB so that a model that does not fit fails cleanly instead of swapping the
 machine to death. Nothing here is a test: it only prints figures.
 """
@@ -94,13 +99,21 @@ def generate(workdir: Path, size: str, n_tasks: int) -> list[Path]:
 
 # --- the rows: each one is a small program run in its own process ----------------------------------------
 IO_FLOOR = """
-import sys
-from lsedu.checkpoints import Checkpoint
-total = 0
-for path in sys.argv[1:]:
-    c = Checkpoint(path)
-    for n in c:
-        total += c[n].numel()  # get_tensor copies the bytes out of the file: every byte is read
+import mmap, os, sys
+from pathlib import Path
+# Every byte of every input file, read once, in order, into one reused 64 MB buffer: what the disk allows.
+# (Not get_tensor: safetensors maps the file, and a tensor it returns is read from disk only when touched.)
+# argv[1] == "direct": with O_DIRECT, past the page cache (the buffer is page-aligned), as lsedu merge reads.
+direct = sys.argv[1] == "direct"
+buf, total = mmap.mmap(-1, 64 << 20), 0
+for path in sys.argv[2:]:
+    for f in sorted(Path(path).glob("*.safetensors")):
+        fd = os.open(f, os.O_RDONLY | (os.O_DIRECT if direct else 0))
+        offset = 0
+        while n := os.preadv(fd, [buf], offset):
+            offset += n
+        total += offset
+        os.close(fd)
 print(total)
 """
 
@@ -151,7 +164,8 @@ def run_row(cmd: list[str], *, memory_limit: int | None = None, env=None) -> dic
     sampler.join()
     err = proc.stderr.read().decode(errors="replace")
     ok = os.waitstatus_to_exitcode(status) == 0
-    return {"wall_s": wall, "peak_rss": usage.ru_maxrss * 1024, "peak_anon": peak_anon, "ok": ok,
+    return {"wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime, "peak_rss": usage.ru_maxrss * 1024,
+            "peak_anon": peak_anon, "ok": ok,
             "error": "" if ok else (err.strip().splitlines() or ["?"])[-1][:160]}
 
 
@@ -171,8 +185,13 @@ def main() -> None:
     ap.add_argument("--tasks", type=int, default=3)
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/lsedu-bench"))
     ap.add_argument("--memory-limit", type=float, default=20.0, help="GB of address space for the in-memory row")
-    ap.add_argument("--skip", nargs="*", default=[], help="rows to skip: io lsedu-per-tensor lsedu-global "
-                                                              "in-memory mergekit")
+    ap.add_argument("--skip", nargs="*", default=[], help="rows to skip: startup io io-direct lsedu-per-tensor "
+                                                              "lsedu-global in-memory mergekit")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="run the rows this many times, interleaved, and report each row's median run (a shared "
+                         "disk's speed drifts: interleaving spreads the drift over every row)")
+    ap.add_argument("--once", nargs="*", default=["in-memory", "mergekit"],
+                    help="rows run only in the first round (slow, and not lsedu's)")
     ap.add_argument("--keep", action="store_true", help="keep the generated checkpoints")
     args = ap.parse_args()
 
@@ -185,7 +204,6 @@ def main() -> None:
     py = sys.executable
     recipe = {"base_model": str(folders[0]), "models": [{"model": str(f)} for f in folders[1:]],
               "merge_method": "ties", "shard_size": "2GB"}
-    rows = []
 
     def recipe_file(name: str, params: dict) -> Path:
         p = work / f"{name}.yaml"
@@ -193,7 +211,10 @@ def main() -> None:
         return p
 
     plan = [
-        ("io", "I/O floor: read every input once", [py, "-c", IO_FLOOR, *map(str, folders)], {}),
+        ("startup", "start-up only: python -c 'import lsedu.streaming'", [py, "-c", "import lsedu.streaming"], {}),
+        ("io", "I/O floor: read every input once (buffered)", [py, "-c", IO_FLOOR, "buffered", *map(str, folders)], {}),
+        ("io-direct", "I/O floor: read every input once (O_DIRECT)", [py, "-c", IO_FLOOR, "direct",
+                                                                     *map(str, folders)], {}),
         ("lsedu-per-tensor", "lsedu merge, TIES per-tensor trim",
          [py, "-m", "lsedu.cli", "merge", str(recipe_file("per-tensor", {"density": 0.2, "trim": "per_tensor"})),
           "--overwrite", "--no-progress"], {}),
@@ -212,34 +233,43 @@ def main() -> None:
         "parameters": {"normalize": True},
         "models": [{"model": str(f), "parameters": {"weight": 1.0, "density": 0.2}} for f in folders[1:]]}))
     cold = None
-    for key, label, cmd, kw in plan:
-        if key in args.skip:
-            continue
-        shutil.rmtree(work / "out-in-memory", ignore_errors=True)
-        (work / "out-in-memory").mkdir(exist_ok=True)
-        cold = drop_caches()
-        print(f"running: {label}", file=sys.stderr, flush=True)
-        r = run_row(cmd, **kw)
-        rows.append((label, r))
-        print(f"  {r['wall_s']:.1f} s, peak RSS {r['peak_rss'] / 1e9:.2f} GB, anon {r['peak_anon'] / 1e9:.2f} GB"
-              + ("" if r["ok"] else f"  FAILED: {r['error']}"), file=sys.stderr, flush=True)
+    runs: dict[str, list[dict]] = {}
+    for round_ in range(args.repeat):
+        for key, label, cmd, kw in plan:
+            if key in args.skip or (round_ and key in args.once):
+                continue
+            shutil.rmtree(work / "out-in-memory", ignore_errors=True)
+            (work / "out-in-memory").mkdir(exist_ok=True)
+            cold = drop_caches()
+            print(f"running ({round_ + 1}/{args.repeat}): {label}", file=sys.stderr, flush=True)
+            r = run_row(cmd, **kw)
+            runs.setdefault(label, []).append(r)
+            print(f"  {r['wall_s']:.1f} s (CPU {r['cpu_s']:.1f} s), peak RSS {r['peak_rss'] / 1e9:.2f} GB, "
+                  f"anon {r['peak_anon'] / 1e9:.2f} GB" + ("" if r["ok"] else f"  FAILED: {r['error']}"),
+                  file=sys.stderr, flush=True)
+    # Each row's median run by wall time (a failed run counts as slowest).
+    rows = [(label, sorted(rs, key=lambda r: (not r["ok"], r["wall_s"]))[len(rs) // 2], len(rs))
+            for label, rs in runs.items()]
 
     n_params = sum(torch.Size(s).numel() for _, s in gpt2_layout(*SIZES[args.size][:2]))
-    floor = next((r["wall_s"] for label, r in rows if label.startswith("I/O") and r["ok"]), None)
+    # The floor: the faster way of reading every input once.
+    floor = min((r["wall_s"] for label, r, _ in rows if label.startswith("I/O") and r["ok"]), default=None)
     print()
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, "
           f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.1f} GiB RAM, torch {torch.__version__}")
     print(f"inputs: {args.size} shape, {n_params / 1e9:.3f}B parameters, fp32, {model_bytes / 1e9:.2f} GB a model, "
           f"{1 + args.tasks} models = {(1 + args.tasks) * model_bytes / 1e9:.1f} GB read per pass; "
-          f"page cache dropped before each row: {'yes' if cold else 'no'}; generation took {gen_s:.0f} s")
+          f"page cache dropped before each run: {'yes' if cold else 'no'}; generation took {gen_s:.0f} s; "
+          f"median of {args.repeat} interleaved rounds ({', '.join(args.once)}: first round only)")
     print()
-    print(f"| {'row':<52} | {'wall s':>8} | {'x I/O floor':>11} | {'peak RSS GB':>11} | {'peak anon GB':>12} |")
-    print(f"|{'-' * 54}|{'-' * 10}|{'-' * 13}|{'-' * 13}|{'-' * 14}|")
-    for label, r in rows:
+    print(f"| {'row':<52} | {'runs':>4} | {'wall s':>8} | {'x I/O floor':>11} | {'CPU s':>7} | {'peak RSS GB':>11} | "
+          f"{'peak anon GB':>12} |")
+    print(f"|{'-' * 54}|{'-' * 6}|{'-' * 10}|{'-' * 13}|{'-' * 9}|{'-' * 13}|{'-' * 14}|")
+    for label, r, n in rows:
         ratio = f"{r['wall_s'] / floor:.2f}" if floor and r["ok"] else "-"
         status = "" if r["ok"] else f"  FAILED: {r['error']}"
-        print(f"| {label:<52} | {r['wall_s']:>8.1f} | {ratio:>11} | {r['peak_rss'] / 1e9:>11.2f} | "
-              f"{r['peak_anon'] / 1e9:>12.2f} |{status}")
+        print(f"| {label:<52} | {n:>4} | {r['wall_s']:>8.1f} | {ratio:>11} | {r['cpu_s']:>7.1f} | "
+              f"{r['peak_rss'] / 1e9:>11.2f} | {r['peak_anon'] / 1e9:>12.2f} |{status}")
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
 

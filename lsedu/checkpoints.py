@@ -19,6 +19,7 @@ import json
 import math
 import os
 import struct
+import sys
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
@@ -35,6 +36,14 @@ SAFETENSORS_DTYPES = {
 }
 DTYPE_NAMES = {v: k for k, v in SAFETENSORS_DTYPES.items()}
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth")
+#: Checkpoint.read reads safetensors bytes with os.preadv (POSIX), into tensors of this machine's byte
+#: order, which must be the format's little-endian one; elsewhere it copies out of safetensors' map.
+_PREADV = hasattr(os, "preadv") and sys.byteorder == "little"
+#: With ``Checkpoint.direct``, reads of at least this many bytes bypass the page cache (O_DIRECT), given
+#: a buffer with 2 pages to spare (:meth:`Checkpoint.read`'s ``into``); smaller ones, a sample's rows
+#: say, are buffered.
+DIRECT_MIN_BYTES = 1 << 20
+_PAGE = 4096
 
 
 class Checkpoint(Mapping):
@@ -55,6 +64,10 @@ class Checkpoint(Mapping):
         self._where: dict[str, Path] = {}  # name -> file holding it
         self._info: dict[str, tuple[tuple[int, ...], torch.dtype]] = {}
         self._handles: dict[Path, object] = {}
+        self._spans: dict[str, tuple[int, int]] = {}  # name -> (first byte, end byte) in its safetensors file
+        self._fds: dict[tuple[Path, bool], int | None] = {}
+        #: read() big blocks past the page cache (O_DIRECT): worth it when the inputs cannot stay cached anyway.
+        self.direct = False
         self._pickled: dict[str, torch.Tensor] | None = None
         files = self._resolve()
         for f in files:
@@ -105,6 +118,12 @@ class Checkpoint(Mapping):
         except Exception as e:  # safetensors raises its own error types for bad headers
             raise ValueError(f"{f}: not a readable safetensors file ({e})") from e
         self._handles[f] = handle
+        with open(f, "rb") as fh:  # the data offsets, for read(); safe_open has checked the header
+            n = int.from_bytes(fh.read(8), "little")
+            header = json.loads(fh.read(n))
+        for name, entry in header.items():
+            if name != "__metadata__":
+                self._spans[name] = (8 + n + entry["data_offsets"][0], 8 + n + entry["data_offsets"][1])
         for name in handle.keys():
             sl = handle.get_slice(name)
             dtype = SAFETENSORS_DTYPES.get(sl.get_dtype())
@@ -137,19 +156,106 @@ class Checkpoint(Mapping):
             return self._pickled[name]
         return self._handles[f].get_tensor(name)
 
-    def read(self, name: str, rows: tuple[int, int] | None = None) -> torch.Tensor:
-        """The tensor ``name``, or only its rows ``rows[0]:rows[1]`` along the first dimension.
+    def read(self, name: str, rows: tuple[int, int] | None = None, into: torch.Tensor | None = None) -> torch.Tensor:
+        """A copy of the tensor ``name``, or of its rows ``rows[0]:rows[1]`` along the first dimension.
 
-        A slice of a safetensors file reads only those bytes.
+        From a safetensors file the bytes are read with ``preadv`` into a new
+        tensor, or into ``into`` (a uint8 tensor of at least
+        :meth:`part_nbytes` bytes, plus two pages for a direct read; the
+        result is a view of it): the disk is read here and now, sequentially,
+        and only those bytes (whole pages around them for a direct read). (The tensors
+        that ``safe_open`` hands out are views of the memory-mapped file, read
+        later, a page fault at a time, on first touch: about half as fast.)
+        Reusing ``into`` also spares the kernel zeroing fresh pages, which
+        costs more than reading from the page cache.
         """
-        if rows is None:
-            return self[name]
         if self._pickled is not None and name in self._pickled:
-            return self._pickled[name][rows[0] : rows[1]]
-        return self._handles[self._where[name]].get_slice(name)[rows[0] : rows[1]]
+            t = self._pickled[name]
+            return (t if rows is None else t[rows[0] : rows[1]]).clone()
+        if not _PREADV:
+            t = self[name] if rows is None else self._handles[self._where[name]].get_slice(name)[rows[0] : rows[1]]
+            return t.clone()
+        shape, dtype = self._info[name]
+        start, end = self._spans[name]
+        if rows is not None:
+            row_bytes = (end - start) // shape[0] if shape and shape[0] else 0
+            start, end = start + rows[0] * row_bytes, start + rows[1] * row_bytes
+            shape = (rows[1] - rows[0], *shape[1:])
+        f, n = self._where[name], end - start
+        if into is None:
+            into = torch.empty(n + (2 * _PAGE if self.direct and n >= DIRECT_MIN_BYTES else 0), dtype=torch.uint8)
+        data = None
+        if self.direct and n >= DIRECT_MIN_BYTES and into.numel() >= n + 2 * _PAGE and (start % _PAGE) % dtype.itemsize == 0:
+            data = self._read_direct(f, start, end, into)
+        if data is None:
+            data = into[:n]
+            self._pread(self._fd(f), data, start, n, name)
+        return data.view(dtype).reshape(shape)
+
+    def _pread(self, fd: int, data: torch.Tensor, offset: int, n: int, name: str) -> None:
+        buf, done = memoryview(data.numpy()), 0
+        while done < n:
+            got = os.preadv(fd, [buf[done:n]], offset + done)
+            if got == 0:
+                raise ValueError(f"{self._where[name]}: ends before the bytes of tensor {name!r} (truncated file?)")
+            done += got
+
+    def _read_direct(self, f: Path, start: int, end: int, into: torch.Tensor) -> torch.Tensor | None:
+        """Read bytes ``start:end`` with O_DIRECT: the disk writes straight into ``into``, with no copy
+        through the page cache (whose copying and reclaiming cost a core when a model is larger than
+        memory). O_DIRECT wants whole, aligned pages, so the pages around the span are read; returns
+        None where the file system refuses it."""
+        fd = self._fd(f, direct=True)
+        if fd is None:
+            return None
+        first, last = start - start % _PAGE, -(-end // _PAGE) * _PAGE
+        skip = (-into.data_ptr()) % _PAGE  # the buffer's first page-aligned byte
+        buf, done = memoryview(into[skip : skip + last - first].numpy()), 0
+        try:
+            while first + done < end:
+                got = os.preadv(fd, [buf[done:]], first + done)
+                if got == 0:
+                    return None  # a short file: let the buffered read report it
+                done += got
+        except OSError:  # EINVAL: this file system does not do O_DIRECT after all
+            self._fds[(f, True)] = None
+            return None
+        return into[skip + start - first : skip + end - first]
+
+    def part_nbytes(self, name: str, rows: tuple[int, int] | None = None) -> int:
+        """The bytes of tensor ``name``, or of its rows ``rows`` (``into`` for :meth:`read` wants 2 pages more)."""
+        shape, dtype = self._info[name]
+        numel = math.prod(shape) if rows is None else (rows[1] - rows[0]) * math.prod(shape[1:])
+        return numel * dtype.itemsize
+
+    def _fd(self, f: Path, direct: bool = False) -> int | None:
+        """An open descriptor of ``f`` (O_DIRECT if ``direct``: None where the system cannot)."""
+        key = (f, direct)
+        if key not in self._fds:
+            if direct:
+                try:
+                    self._fds[key] = os.open(f, os.O_RDONLY | os.O_DIRECT) if hasattr(os, "O_DIRECT") else None
+                except OSError:
+                    self._fds[key] = None
+            else:
+                self._fds[key] = os.open(f, os.O_RDONLY)
+                if hasattr(os, "posix_fadvise"):
+                    os.posix_fadvise(self._fds[key], 0, 0, os.POSIX_FADV_SEQUENTIAL)  # a larger readahead
+        return self._fds[key]
+
+    def __del__(self):
+        for fd in getattr(self, "_fds", {}).values():
+            try:
+                if fd is not None:
+                    os.close(fd)
+            except OSError:
+                pass
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._info)
+
+    def __contains__(self, name) -> bool:  # Mapping's default would read the tensor to find out
+        return name in self._info
 
     def __len__(self) -> int:
         return len(self._info)

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import psutil
 import torch
 import yaml
 from tqdm.auto import tqdm
@@ -112,7 +113,7 @@ class MergeRecipe:
 
     @property
     def global_threshold(self) -> bool:
-        """Whether the method needs each task vector's exact global top-k (two extra read passes)."""
+        """Whether the method needs each task vector's exact global top-k (a sample and one extra read pass)."""
         m, p = self.merge_method, self.parameters
         if m == "localize_stitch":
             return self.load_masks is None
@@ -246,11 +247,11 @@ def _check_output(out: Path, inputs: Sequence[Path], overwrite: bool) -> None:
         raise ValueError(f"the output {out} exists and is not a folder")
 
 
-def _finite(t: torch.Tensor, name: str, ckpt: Checkpoint) -> torch.Tensor:
-    if not all_finite(t):
-        raise ValueError(f"tensor {name!r} in {ckpt.file_of(name)} has {int((~torch.isfinite(t)).sum())} "
-                         "non-finite value(s) (NaN or inf)")
-    return t
+def _check_finite(name: str, raw: _Unit, ckpts: Sequence[Checkpoint]) -> None:
+    for ok, t, ckpt in zip(raw.finite, raw, ckpts):
+        if not ok:
+            raise ValueError(f"tensor {name!r} in {ckpt.file_of(name)} has {int((~torch.isfinite(t)).sum())} "
+                             "non-finite value(s) (NaN or inf)")
 
 
 # --- the merge -----------------------------------------------------------------
@@ -271,7 +272,7 @@ class MergeReport:
 CHUNK_ENTRIES = 1 << 20
 
 #: A per-tensor trim ranks each tensor on its own, so a tensor merged whole is read once, while one
-#: cut into blocks must be read three times (two passes for its threshold). Up to this many entries
+#: cut into blocks is read about twice (a sample, a pass to count around it, the merge). Up to this many entries
 #: (16M: every tensor of GPT2-XL but its 80M-entry embedding) a per-tensor trim takes the tensor
 #: whole: its memory is then a few copies of the largest such tensor per input (64 MB each in float32).
 PER_TENSOR_WHOLE_ENTRIES = 1 << 24
@@ -290,14 +291,42 @@ def chunks(shape: tuple[int, ...], chunk: int | None = None) -> list[tuple[int, 
     return [(a, min(a + step, shape[0])) for a in range(0, shape[0], step)]
 
 
+class _Unit(list):
+    """The tensors of one unit, one per checkpoint, and whether each is free of NaN and inf."""
+
+    finite: list[bool]
+
+
 class _Reader:
-    """Reads tensor ``name`` (rows ``rows``) from every checkpoint, and counts the bytes: the I/O of one unit."""
+    """Reads tensor ``name`` (rows ``rows``) from every checkpoint, and counts the bytes: the I/O of one unit.
 
-    def __init__(self):
+    It runs in :func:`_prefetch`'s thread, so it also checks the tensors for
+    NaN and inf there (:attr:`_Unit.finite`), off the main thread. The tensors
+    it returns live in its buffers, which it reuses round-robin: a unit is
+    valid until the reader has been called ``ring - 1`` more times. That is
+    enough for :func:`_prefetch`, which reads one unit ahead: it asks for
+    unit i + 1 only once the caller is done with unit i - 1. One reader
+    serves one :func:`_prefetch` loop at a time.
+    """
+
+    def __init__(self, ring: int = 2):
         self.bytes = 0
+        # Buffers reused round-robin: while one unit is merged, _prefetch's thread reads the next one.
+        self._ring: list[list[torch.Tensor]] = [[] for _ in range(ring)]
+        self._slot = 0
 
-    def __call__(self, name: str, rows, ckpts: Sequence[Checkpoint]) -> list[torch.Tensor]:
-        out = [c.read(name, rows) for c in ckpts]
+    def __call__(self, name: str, rows, ckpts: Sequence[Checkpoint]) -> _Unit:
+        bufs = self._ring[self._slot]
+        self._slot = (self._slot + 1) % len(self._ring)
+        out = _Unit()
+        for j, c in enumerate(ckpts):
+            need = c.part_nbytes(name, rows) + 2 * 4096  # two pages to spare for a direct read
+            if j == len(bufs):
+                bufs.append(torch.empty(0, dtype=torch.uint8))
+            if bufs[j].numel() < need:
+                bufs[j] = torch.empty(need, dtype=torch.uint8)
+            out.append(c.read(name, rows, into=bufs[j]))
+        out.finite = [all_finite(t) for t in out]
         self.bytes += sum(t.numel() * t.element_size() for t in out)
         return out
 
@@ -321,6 +350,42 @@ def _prefetch(units, load):
             yield unit, data
 
 
+class _WriteBehind:
+    """Hands each output block to a thread that writes it while the next block is merged.
+
+    One write is in flight at a time, and an error in it surfaces at the next
+    call. The tensors handed over must not change afterwards (the merge's
+    outputs are fresh; a copied input is cloned out of the reader's buffers).
+    """
+
+    def __init__(self, writer: ShardedWriter):
+        self.writer = writer
+        self._pool = ThreadPoolExecutor(max_workers=1)
+        self._pending = None
+
+    def write(self, name: str, tensor: torch.Tensor) -> None:
+        self.wait()
+        self._pending = self._pool.submit(self.writer.write, name, tensor)
+
+    def wait(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
+    def close(self) -> None:
+        self.wait()
+        self._pool.shutdown()
+        self.writer.close()
+
+    def abort(self) -> None:
+        try:
+            self.wait()
+        except BaseException:  # noqa: BLE001  (the merge is failing already: report its error, not this one)
+            pass
+        self._pool.shutdown()
+        self.writer.abort()
+
+
 @dataclass
 class _Block:
     """One unit's entries, flat float32, as the fused kernels take them.
@@ -342,7 +407,7 @@ def _flat32(t: torch.Tensor) -> np.ndarray:
     return t.float().reshape(-1).contiguous().numpy()
 
 
-def _block(name: str, rows, raw: Sequence[torch.Tensor], ckpts: Sequence[Checkpoint], recipe: MergeRecipe,
+def _block(name: str, rows, raw: _Unit, ckpts: Sequence[Checkpoint], recipe: MergeRecipe,
            check: bool = True) -> _Block:
     """The base's and the models' entries of tensor ``name`` (rows ``rows``), after DARE's drop for dare.
 
@@ -350,8 +415,7 @@ def _block(name: str, rows, raw: Sequence[torch.Tensor], ckpts: Sequence[Checkpo
     ``check``: look for NaN and inf (the first pass over the inputs does; later passes read the same bytes).
     """
     if check:
-        for t, c in zip(raw, ckpts):
-            _finite(t, name, c)
+        _check_finite(name, raw, ckpts)
     b = _flat32(raw[0])
     if recipe.merge_method != "dare":
         return _Block(b, tuple(_flat32(t) for t in raw[1:]), False)
@@ -386,8 +450,9 @@ def _bracket(sample: torch.Tensor, n: int, k: int) -> tuple[float, float, float]
     at = (1 - q) * m  # ascending position of the k-th largest in the sample
     margin = 5 * math.sqrt(m * q * (1 - q)) + 0.001 * m + 4  # 5 standard errors, plus slack for a non-random sample
     lo_i, hi_i = math.floor(at - margin), math.ceil(at + margin)
-    lo = 0.0 if lo_i < 0 else float(torch.kthvalue(sample, lo_i + 1).values)
-    hi = math.inf if hi_i >= m else float(torch.kthvalue(sample, hi_i + 1).values)
+    ends = np.partition(sample.numpy(), [max(lo_i, 0), min(hi_i, m - 1)])  # both order statistics at once
+    lo = 0.0 if lo_i < 0 else float(ends[lo_i])
+    hi = math.inf if hi_i >= m else float(ends[hi_i])
     return lo, hi, float(((sample >= lo) & (sample <= hi)).float().mean())
 
 
@@ -476,16 +541,28 @@ def _thresholds(units, ckpts, recipe, reader: _Reader, progress, what: str) -> _
     return _Trim(kths)
 
 
-def _tensor_trim(blk: _Block, density: float) -> _Trim:
-    """The exact top-``density`` of each task vector of one tensor held in memory (a per-tensor trim)."""
+def _sample_step(n: int, row: int) -> int:
+    """A stride that samples about SAMPLE_ENTRIES of ``n`` entries, prime to the ``row`` length so that
+    the sample visits every column of a matrix, not the same few."""
+    step = max(1, n // SAMPLE_ENTRIES)
+    while step > 1 and math.gcd(step, row) != 1:
+        step -= 1
+    return step
+
+
+def _tensor_trim(blk: _Block, density: float, row: int) -> _Trim:
+    """The exact top-``density`` of each task vector of one tensor held in memory (a per-tensor trim).
+
+    ``row`` is the length of the tensor's rows (its entries past the first dimension).
+    """
     n = blk.b.size
     k = count_for_density(n, density)
     if n <= SAMPLE_ENTRIES:
         brackets = [(0.0, math.inf, 1.0)] * len(blk.srcs)
     else:
-        idx = np.sort(torch.randint(n, (SAMPLE_ENTRIES,), generator=torch.Generator().manual_seed(0)).numpy())
-        brackets = [_bracket(torch.from_numpy(np.abs(s[idx] if blk.is_tau else s[idx] - blk.b[idx])), n, k)
-                    for s in blk.srcs]
+        step = _sample_step(n, row)
+        b = blk.b[::step]
+        brackets = [_bracket(torch.from_numpy(np.abs(s[::step] if blk.is_tau else s[::step] - b)), n, k) for s in blk.srcs]
     finder = _Bracketed(brackets, n, k, histograms=False)
     finder.count(blk)
     kths = [finder.result(i) for i in range(len(blk.srcs))]
@@ -609,16 +686,23 @@ def merge_checkpoints(
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    writer = ShardedWriter(tmp, [(n, base.shape(n), base.dtype(n)) for n in base], recipe.shard_size,
-                           metadata={"lsedu_merge_method": recipe.merge_method})
+    writer = _WriteBehind(ShardedWriter(tmp, [(n, base.shape(n), base.dtype(n)) for n in base], recipe.shard_size,
+                                        metadata={"lsedu_merge_method": recipe.merge_method}))
     mask_writers: list[MaskWriter] = []
     mask_dir_tmp = None
     try:
         per_tensor = recipe.merge_method in ("ties", "dare") and recipe.parameters.get("trim") == "per_tensor" and (
             recipe.merge_method == "ties" or recipe.parameters["then"] == "ties")
-        piece = max(CHUNK_ENTRIES, PER_TENSOR_WHOLE_ENTRIES) if per_tensor else CHUNK_ENTRIES
-        units = {n: chunks(base.shape(n), piece) for n in names}
+        # A per-tensor trim takes a tensor of up to PER_TENSOR_WHOLE_ENTRIES whole; a bigger one is cut.
+        whole = [None] if per_tensor else None
+        units = {n: whole if whole and math.prod(base.shape(n)) <= PER_TENSOR_WHOLE_ENTRIES else chunks(base.shape(n))
+                 for n in names}
         reader, ckpts = _Reader(), [base, *models]
+        # Inputs larger than the page cache could hold are evicted before a second pass reads them
+        # again: read them past it (O_DIRECT), which spares the core that copying through it costs.
+        direct = base.nbytes() * len(ckpts) > psutil.virtual_memory().available // 2
+        for c in ckpts:
+            c.direct = direct
         trim = None
         if recipe.global_threshold:
             flat_units = [(n, r) for n in names for r in units[n]]
@@ -638,26 +722,27 @@ def merge_checkpoints(
             name, rows = unit
             return reader(name, rows, ckpts if name in merged_names else [base])
 
-        current = None
+        current, side_bytes = None, 0
         desc = "merge (pass 2 of 2)" if recipe.global_threshold else "merge"
         for (name, rows), raw in tqdm(_prefetch(work, load), total=len(work), desc=desc, disable=not progress):
             if name not in merged_names:
-                writer.write(name, raw[0])
+                writer.write(name, raw[0].clone())  # out of the reader's buffer, which it will reuse
                 continue
             cut = len(units[name]) > 1
             if per_tensor and cut and name != current:  # this tensor's own thresholds, streamed
-                trim = _thresholds([(name, r) for r in units[name]], ckpts, recipe, reader, False, name)
+                own = _Reader()  # not `reader`: its thread is reading the next unit into its buffers
+                trim = _thresholds([(name, r) for r in units[name]], ckpts, recipe, own, False, name)
+                side_bytes += own.bytes
             current = name
             if recipe.merge_method == "average":
-                for t, c in zip(raw[1:], models):
-                    _finite(t, name, c)
+                _check_finite(name, raw, ckpts)
                 writer.write(name, uniform_soup([{name: t} for t in raw[1:]])[name])
                 continue
             first_read = not recipe.global_threshold and not (per_tensor and cut)
             blk = _block(name, rows, raw, ckpts, recipe, check=first_read)
             del raw
             if per_tensor and not cut:  # the whole tensor is in memory: rank it there
-                trim = _tensor_trim(blk, recipe.parameters["density"])
+                trim = _tensor_trim(blk, recipe.parameters["density"], math.prod(base.shape(name)[1:]))
             part = None
             if loaded is not None:
                 part = [lm[name] if rows is None else lm[name][rows[0] : rows[1]] for lm in loaded]
@@ -691,7 +776,7 @@ def merge_checkpoints(
         if mask_dir_tmp is not None:
             shutil.rmtree(mask_dir_tmp, ignore_errors=True)
         raise
-    passes = reader.bytes / max(one_pass, 1)  # how many times each input byte was read, on average
+    passes = (reader.bytes + side_bytes) / max(one_pass, 1)  # how many times each input byte was read, on average
     return MergeReport(out, recipe.merge_method, len(base), len(names), passes, time.perf_counter() - start,
                        base.nbytes() * (1 + len(models)), saved)
 

@@ -233,6 +233,52 @@ def test_save_and_load_masks_roundtrip(tmp_path):
         load_masks(tmp_path / "plain.safetensors")
 
 
+@pytest.mark.parametrize("direct", [True, False], ids=["direct", "refused"])
+def test_checkpoint_reads_whole_tensors_and_rows_exactly(tmp_path, monkeypatch, direct):
+    """Checkpoint.read (preadv, O_DIRECT for big reads, into a reused buffer) gives what safetensors gives,
+    for any dtype and offset, whether the file system takes O_DIRECT or refuses it."""
+    import lsedu.checkpoints
+
+    g = torch.Generator().manual_seed(0)
+    sd = {"a": torch.randn(3, 5, generator=g).to(torch.bfloat16), "b": torch.randn(7, 3, generator=g),
+          "c": torch.randint(0, 9, (5,), generator=g), "d": torch.randn(2000, 3, generator=g).to(torch.float16),
+          "e": torch.randn(()), "f": torch.randn(0, 4)}
+    st.save_file(sd, tmp_path / "m.safetensors")
+    monkeypatch.setattr(lsedu.checkpoints, "DIRECT_MIN_BYTES", 0)
+    if not direct:
+        real_open = os.open
+        monkeypatch.setattr(lsedu.checkpoints.os, "open", lambda f, flags, *a: (
+            (_ for _ in ()).throw(OSError(22, "no O_DIRECT here")) if flags & getattr(os, "O_DIRECT", 0)
+            else real_open(f, flags, *a)))
+    ckpt = Checkpoint(tmp_path / "m.safetensors")
+    ckpt.direct = True
+    buf = torch.empty(1 << 16, dtype=torch.uint8)
+    for n, t in sd.items():
+        assert torch.equal(ckpt.read(n), t) and torch.equal(ckpt.read(n, into=buf), t), n
+        if t.dim() and len(t) > 2:
+            assert torch.equal(ckpt.read(n, (1, 3), into=buf), t[1:3]), n
+    assert ckpt.part_nbytes("d", (10, 20)) == 10 * 3 * 2
+
+
+def test_inputs_larger_than_memory_are_read_past_the_page_cache(gpt2_dir, tmp_path, monkeypatch):
+    """When the inputs would not fit in the page cache, blocks are read with O_DIRECT: same result."""
+    import lsedu.checkpoints
+    import lsedu.streaming
+
+    params = {"density": 0.2, "lambda": 0.9}
+    cached = merge(recipe_file(gpt2_dir, "ties", params), tmp_path / "cached", progress=False)
+    monkeypatch.setattr(lsedu.checkpoints, "DIRECT_MIN_BYTES", 0)
+    monkeypatch.setattr(lsedu.streaming.psutil, "virtual_memory", lambda: type("M", (), {"available": 1000})())
+    direct_reads = []
+    real = lsedu.checkpoints.Checkpoint._read_direct
+    monkeypatch.setattr(lsedu.checkpoints.Checkpoint, "_read_direct",
+                        lambda self, *a: direct_reads.append(1) or real(self, *a))
+    direct = merge(recipe_file(gpt2_dir, "ties", params), tmp_path / "direct", progress=False)
+    assert direct_reads
+    a, b = Checkpoint(cached.output), Checkpoint(direct.output)
+    assert all(torch.equal(a[n], b[n]) for n in a)
+
+
 def test_pickled_checkpoints_load_with_weights_only(tmp_path):
     sd = {"w": torch.randn(4, 3), "b": torch.randn(3)}
     torch.save(sd, tmp_path / "model.bin")
