@@ -248,7 +248,7 @@ def main() -> None:
                   f"anon {r['peak_anon'] / 1e9:.2f} GB" + ("" if r["ok"] else f"  FAILED: {r['error']}"),
                   file=sys.stderr, flush=True)
     # Each row's median run by wall time (a failed run counts as slowest).
-    rows = [(label, sorted(rs, key=lambda r: (not r["ok"], r["wall_s"]))[len(rs) // 2], len(rs))
+    rows = [(label, sorted(rs, key=lambda r: (not r["ok"], r["wall_s"]))[(len(rs) - 1) // 2], len(rs))
             for label, rs in runs.items()]
 
     n_params = sum(torch.Size(s).numel() for _, s in gpt2_layout(*SIZES[args.size][:2]))

@@ -44,7 +44,7 @@ from tqdm.auto import tqdm
 
 from . import fused
 from ._checks import all_finite, check_fraction, check_scalar
-from .checkpoints import Checkpoint, MaskWriter, ShardedWriter, load_masks
+from .checkpoints import READ_SLACK, Checkpoint, MaskWriter, ShardedWriter, load_masks
 from .dare import drop_and_rescale
 from .localize_stitch import _stitched_vector
 from .soups import uniform_soup
@@ -269,7 +269,7 @@ class MergeReport:
 
 #: Tensors larger than this many entries are merged a block of rows at a time, so that the
 #: temporaries of a 50,000-token embedding stay small: memory is bounded by the chunk, not the tensor.
-CHUNK_ENTRIES = 1 << 20
+CHUNK_ENTRIES = 1 << 22
 
 #: A per-tensor trim ranks each tensor on its own, so a tensor merged whole is read once, while one
 #: cut into blocks is read about twice (a sample, a pass to count around it, the merge). Up to this many entries
@@ -320,7 +320,7 @@ class _Reader:
         self._slot = (self._slot + 1) % len(self._ring)
         out = _Unit()
         for j, c in enumerate(ckpts):
-            need = c.part_nbytes(name, rows) + 2 * 4096  # two pages to spare for a direct read
+            need = c.part_nbytes(name, rows) + READ_SLACK  # room to align a direct read to whole pages
             if j == len(bufs):
                 bufs.append(torch.empty(0, dtype=torch.uint8))
             if bufs[j].numel() < need:
@@ -686,8 +686,14 @@ def merge_checkpoints(
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
+    # Inputs larger than the page cache could hold are evicted before a second pass reads them again:
+    # read them, and write the output, past it (O_DIRECT), which spares the core that copying through
+    # the cache costs.
+    direct = base.nbytes() * (1 + len(models)) > psutil.virtual_memory().available // 2
+    for c in (base, *models):
+        c.direct = direct
     writer = _WriteBehind(ShardedWriter(tmp, [(n, base.shape(n), base.dtype(n)) for n in base], recipe.shard_size,
-                                        metadata={"lsedu_merge_method": recipe.merge_method}))
+                                        metadata={"lsedu_merge_method": recipe.merge_method}, direct=direct))
     mask_writers: list[MaskWriter] = []
     mask_dir_tmp = None
     try:
@@ -698,11 +704,6 @@ def merge_checkpoints(
         units = {n: whole if whole and math.prod(base.shape(n)) <= PER_TENSOR_WHOLE_ENTRIES else chunks(base.shape(n))
                  for n in names}
         reader, ckpts = _Reader(), [base, *models]
-        # Inputs larger than the page cache could hold are evicted before a second pass reads them
-        # again: read them past it (O_DIRECT), which spares the core that copying through it costs.
-        direct = base.nbytes() * len(ckpts) > psutil.virtual_memory().available // 2
-        for c in ckpts:
-            c.direct = direct
         trim = None
         if recipe.global_threshold:
             flat_units = [(n, r) for n in names for r in units[n]]
