@@ -21,11 +21,14 @@ TIES (one read pass) and with global TIES (exact global top-k: a sample,
 then two read passes); an in-memory merge that loads every model and calls
 ``lsedu.ties_merge``; mergekit's TIES (per-tensor, the only trim it has) on
 the same files. A start-up row shows what Python, torch and lsedu take to
-import, which every lsedu row pays and the I/O floor does not. CPU s is the row's user + system time: on a shared disk whose
-speed drifts from minute to minute, it shows the work a row does whatever
-the disk. ``--repeat N`` runs the rounds N times and reports medians. The in-memory row runs under an address-space limit of --memory-limit
-GB so that a model that does not fit fails cleanly instead of swapping the
-machine to death. Nothing here is a test: it only prints figures.
+import, which every lsedu row pays and the I/O floor does not.
+
+CPU s is the row's user + system time: on a shared disk whose speed drifts
+from minute to minute, it shows the work a row does whatever the disk.
+``--repeat N`` runs the rounds N times, interleaved, and reports each row's
+median run. The in-memory row runs under an address-space limit of
+--memory-limit GB so that a model that does not fit fails cleanly instead of
+swapping the machine to death. Nothing here is a test: it only prints figures.
 """
 
 from __future__ import annotations
