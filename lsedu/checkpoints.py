@@ -47,7 +47,7 @@ DIRECT_MIN_BYTES = 1 << 20
 _PAGE = 4096
 #: O_DIRECT reads whole pages into a page-aligned buffer: up to a page to align the buffer's start,
 #: and a page each for the partial pages at both ends of the span.
-READ_SLACK = _SLACK = 3 * _PAGE
+READ_SLACK = 3 * _PAGE
 
 
 class Checkpoint(Mapping):
@@ -188,8 +188,8 @@ class Checkpoint(Mapping):
         f, n = self._where[name], end - start
         direct = self.direct and n >= DIRECT_MIN_BYTES and (start % _PAGE) % dtype.itemsize == 0
         if into is None:
-            into = torch.empty(n + (_SLACK if direct else 0), dtype=torch.uint8)
-        data = self._read_direct(f, start, end, into) if direct and into.numel() >= n + _SLACK else None
+            into = torch.empty(n + (READ_SLACK if direct else 0), dtype=torch.uint8)
+        data = self._read_direct(f, start, end, into) if direct and into.numel() >= n + READ_SLACK else None
         if data is None:
             skip = (-into.data_ptr()) % 64  # a 64-byte aligned start suits every dtype
             if into.numel() < skip + n:
@@ -279,8 +279,7 @@ class Checkpoint(Mapping):
         return self._where[name]
 
     def nbytes_of(self, name: str) -> int:
-        shape, dtype = self._info[name]
-        return math.prod(shape) * torch.empty(0, dtype=dtype).element_size()
+        return self.part_nbytes(name)
 
     def nbytes(self) -> int:
         return sum(self.nbytes_of(n) for n in self._info)

@@ -49,7 +49,7 @@ from .dare import drop_and_rescale
 from .localize_stitch import _stitched_vector
 from .soups import uniform_soup
 from .task_vectors import select
-from .topk import KthLargest, RadixSelect, count_for_density
+from .topk import KthLargest, RadixSelect, count_for_density, kth_largest
 
 METHODS = {
     # method: {parameter: default}
@@ -568,16 +568,8 @@ def _tensor_trim(blk: _Block, density: float, row: int) -> _Trim:
     kths = [finder.result(i) for i in range(len(blk.srcs))]
     if any(kth is None for kth in kths):  # a missed bracket: the radix select, in torch, on this tensor
         taus = blk.taus()
-        kths = [kth or _radix_kth(taus[i], k) for i, kth in enumerate(kths)]
+        kths = [kth or kth_largest({"tau": taus[i]}, k) for i, kth in enumerate(kths)]
     return _Trim(kths)
-
-
-def _radix_kth(t: torch.Tensor, k: int) -> KthLargest:
-    sel = RadixSelect()
-    sel.count(t)
-    sel.choose_bucket(k)
-    sel.refine(t)
-    return sel.result()
 
 
 class _Trim:

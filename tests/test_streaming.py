@@ -188,17 +188,38 @@ def test_ties_at_the_threshold_keep_exactly_k(tied_dir, method, params, chunk, t
         assert torch.equal(got[n], want[n]), n
 
 
-def test_a_missed_bracket_still_gives_the_exact_threshold(gpt2_dir, tmp_path, monkeypatch):
-    """If the sample's bracket misses the k-th value, a radix-select pass finds it: one more read, same result."""
+@pytest.mark.parametrize("trim", ["global", "per_tensor"])
+def test_a_missed_bracket_still_gives_the_exact_threshold(gpt2_dir, tmp_path, monkeypatch, trim):
+    """If the sample's bracket misses the k-th value, a radix select finds it (for a global trim, in one
+    more read pass): the same result."""
     import lsedu.streaming
 
-    params = {"density": 0.2, "lambda": 0.9}
+    params = {"density": 0.2, "lambda": 0.9, "trim": trim}
+    monkeypatch.setattr(lsedu.streaming, "SAMPLE_ENTRIES", 64)  # per-tensor: every tensor is ranked from a sample
     good = merge(recipe_file(gpt2_dir, "ties", params), tmp_path / "good", progress=False)
     monkeypatch.setattr(lsedu.streaming, "_bracket", lambda sample, n, k: (1e3, 2e3, 0.0))  # above every entry
     missed = merge(recipe_file(gpt2_dir, "ties", params), tmp_path / "missed", progress=False)
-    assert 3 < missed.read_passes < 3.25 and good.read_passes < 2.25
+    if trim == "global":
+        assert 3 < missed.read_passes < 3.25 and good.read_passes < 2.25
+    else:
+        assert missed.read_passes == good.read_passes == 1
     a, b = Checkpoint(good.output), Checkpoint(missed.output)
     assert all(torch.equal(a[n], b[n]) for n in a)
+    want = in_memory(gpt2_dir, "ties", params)
+    assert all(torch.equal(b[n], want[n]) for n in want)
+
+
+def test_a_file_cut_short_is_named(tmp_path):
+    """A safetensors file truncated before it is opened, or after (while a merge reads it), gives an error
+    that names the file (and the tensor)."""
+    st.save_file({"a": torch.randn(100, 10), "b": torch.randn(7)}, tmp_path / "m.safetensors")
+    opened = Checkpoint(tmp_path / "m.safetensors")
+    os.truncate(tmp_path / "m.safetensors", os.path.getsize(tmp_path / "m.safetensors") - 40)
+    with pytest.raises(ValueError, match=r"m\.safetensors: not a readable safetensors file"):
+        Checkpoint(tmp_path / "m.safetensors")
+    with pytest.raises(ValueError, match=r"m\.safetensors: ends before the bytes of tensor '.'"):
+        for n in opened:
+            opened.read(n)
 
 
 def test_masks_saved_bitpacked_and_reused(gpt2_dir, tmp_path):
