@@ -25,14 +25,18 @@ localization on the order of its batches (``CaseStudyConfig.merge_seeds``).
 Every row is a mean over the runs it has, with the standard deviation
 (``ddof=1``) where there are at least two.
 
-Results of each fine-tune seed are cached like fine-tunes (``$LSEDU_CACHE``,
-kind ``casestudy``), keyed by the setup's identity, the tasks, every
-fine-tune config, the :class:`CaseStudyConfig` and the lsedu version.
+Each row of each fine-tune seed is cached on its own, like fine-tunes
+(``$LSEDU_CACHE``, kind ``casestudy``), keyed by the setup's identity, the
+tasks, the fine-tune configs, the fields of :class:`CaseStudyConfig` the row
+depends on (:data:`ROW_DEPENDS`) and the lsedu version. :func:`run_rows`
+computes a few rows at a time, so a notebook can spread a cold table over
+several cells.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import math
 import random
@@ -265,24 +269,195 @@ def localize_trained_mask(setup, base, task_vector, task: str, density: float, s
     return mask
 
 
-# ----------------------------------------------------------------------------- one fine-tune seed
+# ----------------------------------------------------------------------------- the rows, one cached unit each
+
+#: The config fields each row depends on (its cache key holds these and nothing else of the config), and
+#: whether the row depends on the fine-tunes (the pretrained row does not: one evaluation serves every seed).
+_EVAL = ("eval_batch_size", "max_test")
+_VAL = _EVAL + ("max_val",)
+_LOC = ("loc_batches", "loc_batch_size", "loc_epochs", "loc_optimizer", "loc_lr", "loc_bias", "loc_l1")
+ROW_DEPENDS = {
+    "pretrained": (_EVAL, False),
+    "individual": (_EVAL, True),
+    "finetuned": (_EVAL, True),
+    "multitask": (_EVAL, True),
+    "averaging": (_EVAL, True),
+    "task_arithmetic": (_VAL + ("lambda_grid",), True),
+    "ties": (_VAL + ("ties_densities", "ties_lambdas"), True),
+    "dare": (_VAL + ("lambda_grid", "dare_p", "merge_seeds"), True),
+    "stitch_dataless": (_VAL + ("stitch_densities",), True),
+    "stitch_trained": (_VAL + ("stitch_densities", "merge_seeds") + _LOC, True),
+}
 
 
-def _record(method: str, label: str, accs: Mapping[str, float], individual: Mapping[str, float], nbytes: int,
-            finetune_seed: int, merge_seed: int | None = None, choice: str = "") -> dict:
-    from .zoo.base import normalized_accuracy
+class _Seed:
+    """What the rows of one fine-tune seed share, built on first use: the fine-tunes, task vectors, scorers."""
 
-    # a fine-tune with accuracy 0 on its own task (a random toy model) cannot normalize: NaN, not an error
-    normalized = (normalized_accuracy(dict(accs), dict(individual)) if all(individual[t] > 0 for t in accs)
-                  else math.nan)
-    return {"method": method, "row": label, "finetune_seed": finetune_seed, "merge_seed": merge_seed,
-            **{f"acc:{t}": float(a) for t, a in accs.items()}, "average": sum(accs.values()) / len(accs),
-            "normalized": normalized, "storage_mb": nbytes / 2**20,
+    def __init__(self, setup, tasks: tuple[str, ...], finetune_seed: int, config: CaseStudyConfig):
+        self.setup, self.tasks, self.seed, self.config = setup, tasks, finetune_seed, config
+        self.cfgs = finetune_configs(setup, tasks, finetune_seed)
+
+    @functools.cached_property
+    def pre(self):
+        return self.setup.pretrained()
+
+    @functools.cached_property
+    def names(self) -> list[str]:
+        return merge_names(self.setup)
+
+    @functools.cached_property
+    def fts(self) -> dict:
+        return {t: self.setup.finetune(t, self.cfgs[t]) for t in self.tasks}
+
+    @functools.cached_property
+    def tvs(self) -> list[TaskVector]:
+        return [TaskVector({n: self.fts[t][n] - self.pre[n] for n in self.names}) for t in self.tasks]
+
+    def test(self, body, tasks: Sequence[str] | None = None) -> dict[str, float]:
+        return mean_accuracy(self.setup, body, tasks or self.tasks, "test", self.config.eval_batch_size,
+                             self.config.max_test)
+
+    def val(self, body) -> float:
+        return _val_score(self.setup, self.tasks, self.config.eval_batch_size, self.config.max_val)(body)
+
+    def nbytes(self, body) -> int:
+        return delta_bytes(self.pre, body, self.names)
+
+    def key(self, row: str) -> dict:
+        import lsedu
+
+        fields, per_finetune = ROW_DEPENDS[row]
+        conf = self.config.to_dict()
+        key = {"setup": self.setup.name, "track": self.setup.track, "identity": self.setup.identity(),
+               "tasks": list(self.tasks), "row": row, "casestudy": {f: conf.get(f) for f in fields},
+               "lsedu": lsedu.__version__}
+        if per_finetune:
+            key.update(finetune={t: c.to_dict() for t, c in self.cfgs.items()}, finetune_seed=self.seed)
+        return key
+
+    def unit(self, row: str, refresh: bool = False) -> dict:
+        """The cached result of ``row``: ``{"runs": [records], "chosen": {hyperparameters}}``."""
+        from .zoo.cache import cached
+
+        _, record = cached("casestudy", self.key(row), lambda: ({}, _ROWS[row](self)), refresh)
+        return record["metrics"]
+
+
+def _run(accs: Mapping[str, float], nbytes: int, merge_seed: int | None = None, choice: str = "") -> dict:
+    return {"accs": {t: float(a) for t, a in accs.items()}, "nbytes": int(nbytes), "merge_seed": merge_seed,
             "choice": choice}
 
 
+def _pretrained(s: _Seed) -> dict:
+    return {"runs": [_run(s.test(s.pre), 0)]}
+
+
+def _individual(s: _Seed) -> dict:
+    """Each fine-tune on its own task: the reference that ``normalized`` divides by."""
+    accs = {t: s.test(s.fts[t], [t])[t] for t in s.tasks}
+    return {"runs": [_run(accs, sum(s.nbytes(s.fts[t]) for t in s.tasks))]}
+
+
+def _finetuned(s: _Seed) -> dict:
+    """Each fine-tune on every task (the off-diagonal shows transfer); its own task comes from ``individual``."""
+    own = s.unit("individual")["runs"][0]["accs"]
+    runs = []
+    for t in s.tasks:
+        others = s.test(s.fts[t], [o for o in s.tasks if o != t])
+        runs.append({**_run({o: own[t] if o == t else others[o] for o in s.tasks}, s.nbytes(s.fts[t])), "task": t})
+    return {"runs": runs}
+
+
+def _multitask(s: _Seed) -> dict:
+    mtl = s.setup.multitask(s.setup.finetune_config.replace(seed=s.seed), tasks=list(s.tasks))
+    return {"runs": [_run(s.test(mtl), s.nbytes(mtl))]}
+
+
+def _averaging(s: _Seed) -> dict:
+    avg = uniform_soup([s.fts[t] for t in s.tasks])
+    return {"runs": [_run(s.test(avg), s.nbytes(avg))]}
+
+
+def _task_arithmetic(s: _Seed) -> dict:
+    best = pick_lambda(s.pre, s.tvs, s.val, s.config.lambda_grid)
+    merged = task_arithmetic(s.pre, s.tvs, best.best_lambda)
+    return {"runs": [_run(s.test(merged), s.nbytes(merged), choice=f"lambda={best.best_lambda:g}")],
+            "chosen": {"lambda": best.best_lambda}}
+
+
+def _ties(s: _Seed) -> dict:
+    searches = {d: pick_lambda(s.pre, s.tvs, s.val, s.config.ties_lambdas, merge=ties_merge, density=d)
+                for d in s.config.ties_densities}
+    d = max(searches, key=lambda k: searches[k].best_score)  # first density of equal scores
+    lam = searches[d].best_lambda
+    merged = ties_merge(s.pre, s.tvs, density=d, lam=lam)
+    return {"runs": [_run(s.test(merged), s.nbytes(merged), choice=f"density={d:g}, lambda={lam:g}")],
+            "chosen": {"density": d, "lambda": lam}}
+
+
+def _dare(s: _Seed) -> dict:
+    # lambda is chosen with the first merge seed's drops, then every seed is tested with it
+    p = s.config.dare_p
+    best = pick_lambda(s.pre, s.tvs, s.val, s.config.lambda_grid, merge=dare_merge, p=p, seed=s.config.merge_seeds[0])
+    runs = []
+    for seed in s.config.merge_seeds:
+        merged = dare_merge(s.pre, s.tvs, p=p, lam=best.best_lambda, seed=seed)
+        runs.append(_run(s.test(merged), s.nbytes(merged), seed, f"p={p:g}, lambda={best.best_lambda:g}"))
+    return {"runs": runs, "chosen": {"p": p, "lambda": best.best_lambda}}
+
+
+def _stitch_dataless(s: _Seed) -> dict:
+    scores = {d: s.val(stitch(s.pre, s.tvs, [localize_dataless(tv, d) for tv in s.tvs]))
+              for d in s.config.stitch_densities}
+    d = max(scores, key=lambda k: scores[k])
+    merged = stitch(s.pre, s.tvs, [localize_dataless(tv, d) for tv in s.tvs])
+    return {"runs": [_run(s.test(merged), s.nbytes(merged), choice=f"density={d:g}")], "chosen": {"density": d}}
+
+
+def _stitch_trained(s: _Seed) -> dict:
+    """Trained masks at the density validation chose for the dataless masks (the ``stitch_dataless`` row)."""
+    d = s.unit("stitch_dataless")["chosen"]["density"]
+    runs = []
+    for seed in s.config.merge_seeds:
+        masks = [localize_trained_mask(s.setup, s.pre, tv, t, d, seed, s.config) for t, tv in zip(s.tasks, s.tvs)]
+        merged = stitch(s.pre, s.tvs, masks)
+        runs.append(_run(s.test(merged), s.nbytes(merged), seed, f"density={d:g}"))
+    return {"runs": runs, "chosen": {"density": d}}
+
+
+_ROWS = {"pretrained": _pretrained, "individual": _individual, "finetuned": _finetuned, "multitask": _multitask,
+         "averaging": _averaging, "task_arithmetic": _task_arithmetic, "ties": _ties, "dare": _dare,
+         "stitch_dataless": _stitch_dataless, "stitch_trained": _stitch_trained}
+
+
+def _records(s: _Seed, method: str, unit: dict, individual: Mapping[str, float]) -> list[dict]:
+    from .zoo.base import normalized_accuracy
+
+    out = []
+    for run in unit["runs"]:
+        accs = run["accs"]
+        label = f"fine-tune: {run['task']}" if method == "finetuned" else LABELS[method]
+        # a fine-tune with accuracy 0 on its own task (a random toy model) cannot normalize: NaN, not an error
+        normalized = (normalized_accuracy(accs, dict(individual)) if all(individual[t] > 0 for t in accs)
+                      else math.nan)
+        out.append({"method": method, "row": label, "finetune_seed": s.seed, "merge_seed": run["merge_seed"],
+                    **{f"acc:{t}": a for t, a in accs.items()}, "average": sum(accs.values()) / len(accs),
+                    "normalized": normalized, "storage_mb": run["nbytes"] / 2**20, "choice": run["choice"]})
+    return out
+
+
+def _units(methods: Sequence[str], config: CaseStudyConfig) -> list[str]:
+    """The cached units behind ``methods``, in the table's order (``finetuned`` adds the individual row)."""
+    units = []
+    for m in methods:
+        if m == "multitask" and not config.multitask:
+            continue
+        units += ["finetuned", "individual"] if m == "finetuned" else [m]
+    return units
+
+
 def run_seed(setup, tasks: Sequence[str], finetune_seed: int, config: CaseStudyConfig,
-             methods: Sequence[str] = METHODS) -> list[dict]:
+             methods: Sequence[str] = METHODS, refresh: bool = False) -> list[dict]:
     """Every method of ``methods`` on the fine-tunes of ``finetune_seed``: one record per (row, merge seed).
 
     A record holds the test accuracy per task (``acc:<task>``), their mean
@@ -290,85 +465,23 @@ def run_seed(setup, tasks: Sequence[str], finetune_seed: int, config: CaseStudyC
     fine-tune's accuracy, both of this fine-tune seed), ``storage_mb`` (see
     :func:`delta_bytes`: what must be stored besides the pretrained body to
     serve all the tasks; N fine-tunes count N times) and the hyperparameters
-    chosen on validation (``choice``). Not cached: see :func:`comparison_table`.
+    chosen on validation (``choice``).
+
+    Each row is computed once and cached on its own (``$LSEDU_CACHE``, kind
+    ``casestudy``), keyed by the setup, the tasks, the fine-tune configs and
+    only the fields of ``config`` that row depends on (:data:`ROW_DEPENDS`):
+    changing TIES' grid recomputes the TIES row and nothing else.
     """
-    tasks = tuple(tasks)
-    bs = config.eval_batch_size
-    pre = setup.pretrained()
-    names = merge_names(setup)
-    cfgs = finetune_configs(setup, tasks, finetune_seed)
-    fts = {t: setup.finetune(t, cfgs[t]) for t in tasks}
-    tvs = [TaskVector({n: fts[t][n] - pre[n] for n in names}) for t in tasks]
-    val = _val_score(setup, tasks, bs, config.max_val)
-    test = lambda body: mean_accuracy(setup, body, tasks, "test", bs, config.max_test)  # noqa: E731
-
-    if "finetuned" in methods:  # each fine-tune on every task (the off-diagonal shows transfer)
-        ft_test = {t: test(fts[t]) for t in tasks}
-        individual = {t: ft_test[t][t] for t in tasks}
-    else:
-        individual = {t: mean_accuracy(setup, fts[t], [t], "test", bs, config.max_test)[t] for t in tasks}
-    out: list[dict] = []
-    bar = tqdm(total=len(methods) + ("finetuned" in methods), leave=False,
-               desc=f"{setup.name}: merges (fine-tune seed {finetune_seed})",
+    s = _Seed(setup, tuple(tasks), finetune_seed, config)
+    units = _units(methods, config)
+    bar = tqdm(units, leave=False, desc=f"{setup.name}: rows (fine-tune seed {finetune_seed})",
                disable=not getattr(setup, "progress", True))
-
-    def add(method, *a, **k):
-        out.append(_record(method, *a, individual=individual, finetune_seed=finetune_seed, **k))
-        if method not in {r["method"] for r in out[:-1]}:  # first record of a method: one step done
-            bar.update(1)
-            bar.set_postfix_str(method)
-
-    if "pretrained" in methods:
-        add("pretrained", LABELS["pretrained"], test(pre), nbytes=0)
-    if "finetuned" in methods:
-        for t in tasks:
-            add("finetuned", f"fine-tune: {t}", ft_test[t], nbytes=delta_bytes(pre, fts[t], names))
-        add("individual", LABELS["individual"], individual,
-            nbytes=sum(delta_bytes(pre, fts[t], names) for t in tasks))
-    if "multitask" in methods and config.multitask:
-        mtl = setup.multitask(setup.finetune_config.replace(seed=finetune_seed), tasks=list(tasks))
-        add("multitask", LABELS["multitask"], test(mtl), nbytes=delta_bytes(pre, mtl, names))
-    if "averaging" in methods:
-        avg = uniform_soup([fts[t] for t in tasks])
-        add("averaging", LABELS["averaging"], test(avg), nbytes=delta_bytes(pre, avg, names))
-    if "task_arithmetic" in methods:
-        best = pick_lambda(pre, tvs, val, config.lambda_grid)
-        merged = task_arithmetic(pre, tvs, best.best_lambda)
-        add("task_arithmetic", LABELS["task_arithmetic"], test(merged), nbytes=delta_bytes(pre, merged, names),
-            choice=f"lambda={best.best_lambda:g}")
-    if "ties" in methods:
-        searches = {d: pick_lambda(pre, tvs, val, config.ties_lambdas, merge=ties_merge, density=d)
-                    for d in config.ties_densities}
-        d = max(searches, key=lambda k: searches[k].best_score)  # first density of equal scores
-        merged = ties_merge(pre, tvs, density=d, lam=searches[d].best_lambda)
-        add("ties", LABELS["ties"], test(merged), nbytes=delta_bytes(pre, merged, names),
-            choice=f"density={d:g}, lambda={searches[d].best_lambda:g}")
-    if "dare" in methods:
-        # lambda is chosen with the first merge seed's drops, then every seed is tested with it
-        best = pick_lambda(pre, tvs, val, config.lambda_grid, merge=dare_merge, p=config.dare_p,
-                           seed=config.merge_seeds[0])
-        for s in config.merge_seeds:
-            merged = dare_merge(pre, tvs, p=config.dare_p, lam=best.best_lambda, seed=s)
-            add("dare", LABELS["dare"], test(merged), nbytes=delta_bytes(pre, merged, names), merge_seed=s,
-                choice=f"p={config.dare_p:g}, lambda={best.best_lambda:g}")
-    density = None
-    if "stitch_dataless" in methods or "stitch_trained" in methods:
-        scores = {}
-        for d in config.stitch_densities:
-            scores[d] = val(stitch(pre, tvs, [localize_dataless(tv, d) for tv in tvs]))
-        density = max(scores, key=lambda k: scores[k])
-    if "stitch_dataless" in methods:
-        merged = stitch(pre, tvs, [localize_dataless(tv, density) for tv in tvs])
-        add("stitch_dataless", LABELS["stitch_dataless"], test(merged), nbytes=delta_bytes(pre, merged, names),
-            choice=f"density={density:g}")
-    if "stitch_trained" in methods:
-        for s in config.merge_seeds:
-            masks = [localize_trained_mask(setup, pre, tv, t, density, s, config) for t, tv in zip(tasks, tvs)]
-            merged = stitch(pre, tvs, masks)
-            add("stitch_trained", LABELS["stitch_trained"], test(merged), nbytes=delta_bytes(pre, merged, names),
-                merge_seed=s, choice=f"density={density:g}")
-    bar.close()
-    return out
+    results = {}
+    for u in bar:
+        bar.set_postfix_str(u)
+        results[u] = s.unit(u, refresh)
+    individual = (results.get("individual") or s.unit("individual"))["runs"][0]["accs"]
+    return [r for u in units for r in _records(s, u, results[u], individual)]
 
 
 def _check_methods(methods) -> tuple[str, ...]:
@@ -380,30 +493,37 @@ def _check_methods(methods) -> tuple[str, ...]:
     return tuple(m for m in METHODS if m in methods)
 
 
-def comparison_runs(setup, tasks: Sequence[str] | None = None, config: CaseStudyConfig | None = None,
-                    methods: Sequence[str] = METHODS, refresh: bool = False):
-    """The per-run records of :func:`run_seed` for every fine-tune seed, as a DataFrame (cached per seed)."""
-    import pandas as pd
-
-    import lsedu
-
-    from .zoo.cache import cached
-
+def _check_config(config) -> CaseStudyConfig:
     config = config or CaseStudyConfig()
     if not isinstance(config, CaseStudyConfig):
         raise TypeError(f"config must be a CaseStudyConfig, got {type(config).__name__}")
+    return config
+
+
+def comparison_runs(setup, tasks: Sequence[str] | None = None, config: CaseStudyConfig | None = None,
+                    methods: Sequence[str] = METHODS, refresh: bool = False):
+    """The per-run records of :func:`run_seed` for every fine-tune seed, as a DataFrame (each row cached)."""
+    import pandas as pd
+
+    config = _check_config(config)
     tasks = check_tasks(setup, tasks)
     methods = _check_methods(methods)
     records: list[dict] = []
     for seed in config.finetune_seeds:
-        key = {"setup": setup.name, "track": setup.track, "identity": setup.identity(), "tasks": list(tasks),
-               "finetune": {t: c.to_dict() for t, c in finetune_configs(setup, tasks, seed).items()},
-               "casestudy": config.to_dict(), "methods": list(methods), "finetune_seed": seed,
-               "lsedu": lsedu.__version__}
-        _, record = cached("casestudy", key, lambda: ({}, {"runs": run_seed(setup, tasks, seed, config, methods)}),
-                           refresh)
-        records += record["metrics"]["runs"]
+        records += run_seed(setup, tasks, seed, config, methods, refresh)
     return pd.DataFrame(records)
+
+
+def run_rows(setup, methods: Sequence[str], tasks: Sequence[str] | None = None,
+             config: CaseStudyConfig | None = None, refresh: bool = False):
+    """Compute (or read from the cache) the rows of ``methods`` for every fine-tune seed of ``config``.
+
+    The case-study notebooks call this once per method, each in a cell of
+    its own, so that no cell holds a whole table's work (a cold first run
+    takes minutes per row on a laptop); :func:`comparison_table` then reads
+    every row from the cache. Returns those rows' per-run records.
+    """
+    return comparison_runs(setup, tasks, config, methods, refresh)
 
 
 def summarize(runs, tasks: Sequence[str]):
@@ -590,17 +710,12 @@ def scaling_curve(setup, tasks: Sequence[str] | None = None, sizes: Sequence[int
     of ``config``. Columns: ``size``, ``subset``, ``method``, ``row``,
     ``average`` (mean test accuracy over the merged tasks), ``normalized``
     (the same, each divided by its own fine-tune's accuracy), ``choice``.
-    Cached per subset.
+    Each row is cached per subset (:func:`run_seed`), so a subset of all the tasks shares its rows with
+    :func:`comparison_table` when the configs agree.
     """
     import pandas as pd
 
-    import lsedu
-
-    from .zoo.cache import cached
-
-    config = config or CaseStudyConfig()
-    if not isinstance(config, CaseStudyConfig):
-        raise TypeError(f"config must be a CaseStudyConfig, got {type(config).__name__}")
+    config = _check_config(config)
     tasks = check_tasks(setup, tasks)
     sizes = tuple(range(2, len(tasks) + 1)) if sizes is None else tuple(sizes)
     for k in sizes:
@@ -612,16 +727,10 @@ def scaling_curve(setup, tasks: Sequence[str] | None = None, sizes: Sequence[int
     one = config.replace(finetune_seeds=config.finetune_seeds[:1], merge_seeds=config.merge_seeds[:1],
                          multitask=False)
     seed = one.finetune_seeds[0]
-    cfgs = finetune_configs(setup, tasks, seed)
     records = []
     for k in sizes:
         for subset in task_subsets(tasks, k, subsets_per_size, seed=k):
-            key = {"setup": setup.name, "track": setup.track, "identity": setup.identity(), "subset": list(subset),
-                   "finetune": {t: cfgs[t].to_dict() for t in subset}, "casestudy": one.to_dict(),
-                   "methods": list(methods), "lsedu": lsedu.__version__, "kind": "scaling"}
-            _, rec = cached("casestudy", key,
-                            lambda subset=subset: ({}, {"runs": run_seed(setup, subset, seed, one, methods)}), refresh)
-            for r in rec["metrics"]["runs"]:
+            for r in run_seed(setup, subset, seed, one, methods, refresh):
                 records.append({"size": k, "subset": "+".join(subset), "method": r["method"], "row": r["row"],
                                 "average": r["average"], "normalized": r["normalized"], "choice": r["choice"]})
     return pd.DataFrame(records)
