@@ -611,17 +611,32 @@ PAPER_AVERAGES = {
 
 
 def paper_comparison(table, setup_name: str):
-    """Our ``average`` (in %) next to the paper's for each row the paper reports (:data:`PAPER_AVERAGES`)."""
+    """Our ``average`` (in %) next to the paper's for each row the paper reports (:data:`PAPER_AVERAGES`).
+
+    Two columns each compare the setups as ratios, which factor out how hard
+    each setup's tasks are: ``... / individual`` (the row over the individual
+    fine-tunes) and ``... gap closed (%)`` (:func:`gap_closed`; NaN where the
+    paper reports no pretrained row).
+    """
     import pandas as pd
 
     if setup_name not in PAPER_AVERAGES:
         raise ValueError(f"setup_name must be one of {list(PAPER_AVERAGES)}, got {setup_name!r}")
+    paper = PAPER_AVERAGES[setup_name]
+    labels = {label: method for method, label in LABELS.items() if label in table.index}
+    ours_gap = gap_closed(table, list(labels)) if LABELS["individual"] in table.index else None
     rows = []
-    for method, label in LABELS.items():
-        if label not in table.index:
-            continue
-        paper = PAPER_AVERAGES[setup_name].get(method, math.nan)
-        rows.append({"row": label, "paper (%)": paper, "ours (%)": 100 * float(table.loc[label, "average"])})
+    for label, method in labels.items():
+        p = paper.get(method, math.nan)
+        ours = 100 * float(table.loc[label, "average"])
+        p_gap = (100 * (p - paper["pretrained"]) / (paper["individual"] - paper["pretrained"])
+                 if "pretrained" in paper and "individual" in paper else math.nan)
+        rows.append({"row": label, "paper (%)": p, "ours (%)": ours,
+                     "paper: / individual": p / paper.get("individual", math.nan),
+                     "ours: / individual": ours / (100 * float(table.loc[LABELS["individual"], "average"]))
+                     if ours_gap is not None else math.nan,
+                     "paper: gap closed (%)": p_gap,
+                     "ours: gap closed (%)": 100 * float(ours_gap[label]) if ours_gap is not None else math.nan})
     return pd.DataFrame(rows).set_index("row")
 
 
@@ -629,8 +644,7 @@ def pretty(table, digits: int = 1):
     """The table for reading: accuracies in %, ``mean +- std`` where a row has several runs, storage in MB."""
     import pandas as pd
 
-    tasks = [c for c in table.columns if c not in ("average", "average_std", "normalized", "normalized_std",
-                                                    "storage_mb", "runs", "choice")]
+    tasks = _task_columns(table)
 
     def pm(mean, std, scale):
         text = f"{scale * mean:.{digits}f}"
@@ -645,6 +659,97 @@ def pretty(table, digits: int = 1):
     out["runs"] = table["runs"]
     out["chosen on validation"] = table["choice"]
     return out
+
+
+# ----------------------------------------------------------------------------- reading a table (notebooks 06-08)
+
+#: The merge rows of a comparison table, in its order.
+MERGES = tuple(LABELS[m] for m in ("averaging", "task_arithmetic", "ties", "dare", "stitch_dataless",
+                                   "stitch_trained"))
+
+#: The order the papers report, best first: Localize-and-Stitch > TIES > task arithmetic > averaging.
+PAPERS_ORDER = tuple(LABELS[m] for m in ("stitch_dataless", "ties", "task_arithmetic", "averaging"))
+
+
+def gap_closed(table, rows: Sequence[str]):
+    """The share of the gap between the pretrained and the individual rows that each of ``rows`` closes.
+
+    (average - pretrained) / (individual - pretrained), on the table's ``average`` column.
+    """
+    pre = float(table.loc[LABELS["pretrained"], "average"])
+    ind = float(table.loc[LABELS["individual"], "average"])
+    return (table.loc[list(rows), "average"] - pre) / (ind - pre)
+
+
+def merge_summary(table, rows: Sequence[str] = MERGES + (LABELS["multitask"],)):
+    """Each merge (and multi-task learning): average accuracy and gap closed in %, storage, the choice made."""
+    import pandas as pd
+
+    rows = [r for r in rows if r in table.index]
+    return pd.DataFrame({
+        "average (%)": 100 * table.loc[rows, "average"],
+        "gap closed (%)": 100 * gap_closed(table, rows),
+        "storage (MB)": table.loc[rows, "storage_mb"],
+        "chosen on validation": table.loc[rows, "choice"],
+    }).round(1)
+
+
+def ordering_steps(table, papers: Sequence[str] = PAPERS_ORDER):
+    """The papers' rows in our order, best first, with the step in points to the next one.
+
+    A DataFrame with one row per rank: ``papers`` (the papers' row at that
+    rank), ``ours`` (ours), ``average (%)`` (ours) and ``step to next
+    (points)``.
+    """
+    import pandas as pd
+
+    ours = ordering(table, tuple(papers)[::-1])  # equal averages keep the papers' reversed order, as before
+    avg = [100 * float(table.loc[r, "average"]) for r in ours]
+    steps = [a - b for a, b in zip(avg, avg[1:])] + [math.nan]
+    return pd.DataFrame({"papers": list(papers), "ours": ours, "average (%)": avg,
+                         "step to next (points)": steps}).round(1)
+
+
+def stochastic_runs(table):
+    """The runs behind the rows that depend on a merge seed (DARE, trained masks): one line per run."""
+    runs = table.attrs["runs"]
+    tasks = [c.removeprefix("acc:") for c in runs.columns if c.startswith("acc:")]
+    cols = ["row", "finetune_seed", "merge_seed", *[f"acc:{t}" for t in tasks], "average", "normalized", "choice"]
+    return runs[runs["method"].isin(STOCHASTIC)][cols].round(4)
+
+
+def best_merge(table, rows: Sequence[str] = MERGES) -> str:
+    """The merge row with the best ``average`` (the first of equal ones)."""
+    rows = [r for r in rows if r in table.index]
+    return max(rows, key=lambda r: float(table.loc[r, "average"]))
+
+
+def multitask_comparison(table):
+    """Per task: the pretrained body, multi-task learning, the best merge and the individual fine-tunes."""
+    import pandas as pd
+
+    tasks = _task_columns(table)
+    rows = {"pretrained": LABELS["pretrained"], "multi-task": LABELS["multitask"],
+            f"best merge ({best_merge(table)})": best_merge(table), "individual": LABELS["individual"]}
+    out = pd.DataFrame({name: table.loc[row, tasks + ["average"]] for name, row in rows.items()}).T
+    return out.astype(float).round(3)
+
+
+def plot_table(table, what: str = "tasks"):
+    """The table's two bar charts side by side: mean accuracy and normalized accuracy over ``what``."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5), sharey=True)
+    plot_comparison(table, ax=axes[0], column="average", title=f"mean test accuracy over the {what}")
+    plot_comparison(table, ax=axes[1], column="normalized", title="normalized accuracy")
+    axes[1].axvline(1.0, color="k", lw=0.8, ls=":")
+    fig.tight_layout()
+    return fig
+
+
+def _task_columns(table) -> list[str]:
+    return [c for c in table.columns if c not in ("average", "average_std", "normalized", "normalized_std",
+                                                   "storage_mb", "runs", "choice")]
 
 
 # ----------------------------------------------------------------------------- plots

@@ -373,3 +373,54 @@ def test_limited_evaluation_scores_the_first_examples():
     assert casestudy.mean_accuracy(setup, pre, ["a"], "test", limit=10_000)["a"] == full
     with pytest.raises(ValueError, match="max_test"):
         CaseStudyConfig(max_test=0)
+
+
+def test_reading_helpers_match_the_table(toy_table):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    _, table = toy_table
+    avg = table["average"]
+    pre, ind = avg["pretrained"], avg[casestudy.LABELS["individual"]]
+    summary = casestudy.merge_summary(table)
+    assert list(summary.index) == list(casestudy.MERGES) + ["multi-task learning"]
+    for r in summary.index:
+        assert summary.loc[r, "gap closed (%)"] == pytest.approx(round(100 * (avg[r] - pre) / (ind - pre), 1))
+        assert summary.loc[r, "average (%)"] == pytest.approx(round(100 * avg[r], 1))
+    steps = casestudy.ordering_steps(table)
+    assert list(steps["papers"]) == list(casestudy.PAPERS_ORDER)
+    assert sorted(steps["ours"]) == sorted(casestudy.PAPERS_ORDER)
+    ours = [100 * avg[r] for r in steps["ours"]]
+    assert ours == sorted(ours, reverse=True)
+    assert steps["step to next (points)"].iloc[0] == pytest.approx(round(ours[0] - ours[1], 1))
+    assert math.isnan(steps["step to next (points)"].iloc[-1])
+    runs = casestudy.stochastic_runs(table)
+    assert set(runs["row"]) == {"DARE + task arithmetic", "Localize-and-Stitch (trained)"} and len(runs) == 12
+    best = casestudy.best_merge(table)
+    assert avg[best] == max(avg[r] for r in casestudy.MERGES)
+    mtl = casestudy.multitask_comparison(table)
+    assert list(mtl.index) == ["pretrained", "multi-task", f"best merge ({best})", "individual"]
+    assert mtl.loc["multi-task", "a"] == pytest.approx(round(table.loc["multi-task learning", "a"], 3))
+    fig = casestudy.plot_table(table, "tasks")
+    assert len(fig.axes) == 2 and fig.axes[0].get_title() == "mean test accuracy over the tasks"
+    cmp = casestudy.paper_comparison(table, "vision")
+    paper = casestudy.PAPER_AVERAGES["vision"]
+    assert cmp.loc["TIES", "paper: gap closed (%)"] == pytest.approx(
+        100 * (paper["ties"] - paper["pretrained"]) / (paper["individual"] - paper["pretrained"]))
+    assert cmp.loc["TIES", "ours: gap closed (%)"] == pytest.approx(100 * (avg["TIES"] - pre) / (ind - pre))
+    assert cmp.loc["TIES", "ours: / individual"] == pytest.approx(avg["TIES"] / ind)
+    assert math.isnan(casestudy.paper_comparison(table, "text").loc["TIES", "paper: gap closed (%)"])
+
+
+def test_rows_are_cached_by_the_fields_they_depend_on(tmp_path, monkeypatch):
+    setup = Toy(device="cpu", progress=False)
+    cfg = SMALL.replace(finetune_seeds=(0,))
+    casestudy.run_rows(setup, ["pretrained", "ties", "task_arithmetic"], config=cfg)
+    computed = []
+    for row, build in list(casestudy._ROWS.items()):
+        monkeypatch.setitem(casestudy._ROWS, row, lambda s, row=row, build=build: computed.append(row) or build(s))
+    # a new TIES grid recomputes the TIES row only; the pretrained row does not depend on the fine-tune seed
+    casestudy.run_rows(setup, ["pretrained", "ties", "task_arithmetic"], config=cfg.replace(ties_lambdas=(0.5,)))
+    assert computed == ["ties"]
+    casestudy.run_rows(setup, ["pretrained"], config=cfg.replace(finetune_seeds=(1,)))
+    assert computed == ["ties", "individual"]
