@@ -2,7 +2,8 @@
 
 The library behind the lsedu book. Every merge is a pure function over state
 dicts (``dict[str, torch.Tensor]``): inputs are never modified and a new state
-dict is returned. Modules follow the book's chapters:
+dict is returned. Modules follow the book's chapters; no module shares its name
+with a function (``lsedu.task_arithmetic`` and ``lsedu.dare`` are functions):
 
 =====================  ===============================================  ========
 module                 what                                             notebook
@@ -10,10 +11,10 @@ module                 what                                             notebook
 ``task_vectors``       ``TaskVector``, ``select``, ``cosine_similarity``  00, 03
 ``curves``             ``sweep_line``, ``LineSweep``                     01, 02
 ``soups``              ``uniform_soup``, ``greedy_soup``                 02
-``task_arithmetic``    ``task_arithmetic``, ``pick_lambda``              03
+``arithmetic``         ``task_arithmetic``, ``pick_lambda``              03
 ``ties``               ``trim``, ``elect_sign``, ``disjoint_mean``,      04
                        ``ties_merge``
-``dare``               ``dare``, ``dare_merge``                          04
+``drop_rescale``       ``dare``, ``dare_merge``                          04
 ``localize_stitch``    ``localize_dataless``, ``localize_trained``,      05
                        ``stitch``
 ``analysis``           ``mask_overlap``, ``density_per_layer``,          04, 05
@@ -37,10 +38,10 @@ from .analysis import (
     sign_conflicts,
     storage,
 )
-from .dare import dare, dare_merge
+from .drop_rescale import dare, dare_merge
 from .localize_stitch import localize_dataless, localize_trained, stitch
 from .soups import GreedySoup, greedy_soup, uniform_soup
-from .task_arithmetic import DEFAULT_GRID, LambdaSearch, pick_lambda, task_arithmetic
+from .arithmetic import DEFAULT_GRID, LambdaSearch, pick_lambda, task_arithmetic
 from .task_vectors import TaskVector, cosine_similarity, select
 from .ties import disjoint_mean, elect_sign, ties_merge, trim
 from .topk import global_topk_mask, kth_largest, per_tensor_topk_mask, topk_mask

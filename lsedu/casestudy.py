@@ -47,10 +47,10 @@ import torch
 from tqdm.auto import tqdm
 
 from .analysis import storage
-from .dare import dare_merge
+from .drop_rescale import dare_merge
 from .localize_stitch import localize_dataless, localize_trained, stitch
 from .soups import uniform_soup
-from .task_arithmetic import pick_lambda, task_arithmetic
+from .arithmetic import pick_lambda, task_arithmetic
 from .task_vectors import TaskVector
 from .ties import ties_merge
 

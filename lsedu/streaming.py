@@ -45,7 +45,7 @@ from tqdm.auto import tqdm
 from . import fused
 from ._checks import all_finite, check_fraction, check_scalar
 from .checkpoints import READ_SLACK, Checkpoint, MaskWriter, ShardedWriter, load_masks
-from .dare import drop_and_rescale
+from .drop_rescale import drop_and_rescale
 from .localize_stitch import _stitched_vector
 from .soups import uniform_soup
 from .task_vectors import select

@@ -14,7 +14,7 @@ from typing import Literal
 import torch
 
 from ._checks import StateDict, check_base_and_vectors, check_fraction, check_task_vector
-from .task_arithmetic import task_arithmetic
+from .arithmetic import task_arithmetic
 from .task_vectors import TaskVector
 from .ties import ties_merge
 
