@@ -43,16 +43,22 @@ import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+import matplotlib.pyplot as plt
+import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from . import __version__
+
 from .analysis import storage
+from .arithmetic import pick_lambda, task_arithmetic
 from .drop_rescale import dare_merge
 from .localize_stitch import localize_dataless, localize_trained, stitch
 from .soups import uniform_soup
-from .arithmetic import pick_lambda, task_arithmetic
 from .task_vectors import TaskVector
 from .ties import ties_merge
+from .zoo.base import normalized_accuracy
+from .zoo.cache import cached
 
 #: Method keys, in the order of the table's rows.
 METHODS = ("pretrained", "finetuned", "multitask", "averaging", "task_arithmetic", "ties", "dare",
@@ -324,21 +330,17 @@ class _Seed:
         return delta_bytes(self.pre, body, self.names)
 
     def key(self, row: str) -> dict:
-        import lsedu
-
         fields, per_finetune = ROW_DEPENDS[row]
         conf = self.config.to_dict()
         key = {"setup": self.setup.name, "track": self.setup.track, "identity": self.setup.identity(),
                "tasks": list(self.tasks), "row": row, "casestudy": {f: conf.get(f) for f in fields},
-               "lsedu": lsedu.__version__}
+               "lsedu": __version__}
         if per_finetune:
             key.update(finetune={t: c.to_dict() for t, c in self.cfgs.items()}, finetune_seed=self.seed)
         return key
 
     def unit(self, row: str, refresh: bool = False) -> dict:
         """The cached result of ``row``: ``{"runs": [records], "chosen": {hyperparameters}}``."""
-        from .zoo.cache import cached
-
         _, record = cached("casestudy", self.key(row), lambda: ({}, _ROWS[row](self)), refresh)
         return record["metrics"]
 
@@ -431,8 +433,6 @@ _ROWS = {"pretrained": _pretrained, "individual": _individual, "finetuned": _fin
 
 
 def _records(s: _Seed, method: str, unit: dict, individual: Mapping[str, float]) -> list[dict]:
-    from .zoo.base import normalized_accuracy
-
     out = []
     for run in unit["runs"]:
         accs = run["accs"]
@@ -503,8 +503,6 @@ def _check_config(config) -> CaseStudyConfig:
 def comparison_runs(setup, tasks: Sequence[str] | None = None, config: CaseStudyConfig | None = None,
                     methods: Sequence[str] = METHODS, refresh: bool = False):
     """The per-run records of :func:`run_seed` for every fine-tune seed, as a DataFrame (each row cached)."""
-    import pandas as pd
-
     config = _check_config(config)
     tasks = check_tasks(setup, tasks)
     methods = _check_methods(methods)
@@ -535,8 +533,6 @@ def summarize(runs, tasks: Sequence[str]):
     ``storage_mb``, ``runs`` (how many runs the row averages) and
     ``choice`` (the hyperparameters chosen on validation, per fine-tune seed).
     """
-    import pandas as pd
-
     if len(runs) == 0:
         raise ValueError("runs is empty: there is nothing to summarize")
     cols = [f"acc:{t}" for t in tasks]
@@ -618,8 +614,6 @@ def paper_comparison(table, setup_name: str):
     fine-tunes) and ``... gap closed (%)`` (:func:`gap_closed`; NaN where the
     paper reports no pretrained row).
     """
-    import pandas as pd
-
     if setup_name not in PAPER_AVERAGES:
         raise ValueError(f"setup_name must be one of {list(PAPER_AVERAGES)}, got {setup_name!r}")
     paper = PAPER_AVERAGES[setup_name]
@@ -642,8 +636,6 @@ def paper_comparison(table, setup_name: str):
 
 def pretty(table, digits: int = 1):
     """The table for reading: accuracies in %, ``mean +- std`` where a row has several runs, storage in MB."""
-    import pandas as pd
-
     tasks = _task_columns(table)
 
     def pm(mean, std, scale):
@@ -683,8 +675,6 @@ def gap_closed(table, rows: Sequence[str]):
 
 def merge_summary(table, rows: Sequence[str] = MERGES + (LABELS["multitask"],)):
     """Each merge (and multi-task learning): average accuracy and gap closed in %, storage, the choice made."""
-    import pandas as pd
-
     rows = [r for r in rows if r in table.index]
     return pd.DataFrame({
         "average (%)": 100 * table.loc[rows, "average"],
@@ -701,8 +691,6 @@ def ordering_steps(table, papers: Sequence[str] = PAPERS_ORDER):
     rank), ``ours`` (ours), ``average (%)`` (ours) and ``step to next
     (points)``.
     """
-    import pandas as pd
-
     ours = ordering(table, tuple(papers)[::-1])  # equal averages keep the papers' reversed order, as before
     avg = [100 * float(table.loc[r, "average"]) for r in ours]
     steps = [a - b for a, b in zip(avg, avg[1:])] + [math.nan]
@@ -726,8 +714,6 @@ def best_merge(table, rows: Sequence[str] = MERGES) -> str:
 
 def multitask_comparison(table):
     """Per task: the pretrained body, multi-task learning, the best merge and the individual fine-tunes."""
-    import pandas as pd
-
     tasks = _task_columns(table)
     rows = {"pretrained": LABELS["pretrained"], "multi-task": LABELS["multitask"],
             f"best merge ({best_merge(table)})": best_merge(table), "individual": LABELS["individual"]}
@@ -737,8 +723,6 @@ def multitask_comparison(table):
 
 def plot_table(table, what: str = "tasks"):
     """The table's two bar charts side by side: mean accuracy and normalized accuracy over ``what``."""
-    import matplotlib.pyplot as plt
-
     fig, axes = plt.subplots(1, 2, figsize=(13, 5), sharey=True)
     plot_comparison(table, ax=axes[0], column="average", title=f"mean test accuracy over the {what}")
     plot_comparison(table, ax=axes[1], column="normalized", title="normalized accuracy")
@@ -761,8 +745,6 @@ def plot_comparison(table, ax=None, title: str | None = None, column: str = "ave
     Reference rows (pretrained, individual, multi-task) are grey, merges blue.
     Returns the matplotlib Axes.
     """
-    import matplotlib.pyplot as plt
-
     if column not in ("average", "normalized"):
         raise ValueError(f"column must be 'average' or 'normalized', got {column!r}")
     rows = [r for r in table.index if not str(r).startswith("fine-tune: ")]
@@ -818,8 +800,6 @@ def scaling_curve(setup, tasks: Sequence[str] | None = None, sizes: Sequence[int
     Each row is cached per subset (:func:`run_seed`), so a subset of all the tasks shares its rows with
     :func:`comparison_table` when the configs agree.
     """
-    import pandas as pd
-
     config = _check_config(config)
     tasks = check_tasks(setup, tasks)
     sizes = tuple(range(2, len(tasks) + 1)) if sizes is None else tuple(sizes)
@@ -843,8 +823,6 @@ def scaling_curve(setup, tasks: Sequence[str] | None = None, sizes: Sequence[int
 
 def plot_scaling(curve, column: str = "normalized", ax=None):
     """Mean ``column`` over subsets against the number of merged tasks, one line per method (+-1 std band)."""
-    import matplotlib.pyplot as plt
-
     if ax is None:
         _, ax = plt.subplots(figsize=(6, 4))
     for row, g in curve.groupby("row", sort=False):
