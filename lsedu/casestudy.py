@@ -49,7 +49,6 @@ import torch
 from tqdm.auto import tqdm
 
 from . import __version__
-
 from .analysis import storage
 from .arithmetic import pick_lambda, task_arithmetic
 from .drop_rescale import dare_merge
