@@ -33,6 +33,23 @@ def check_tensor_dict(sd, arg: str) -> None:
         t = sd[name]
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{arg}[{name!r}] must be a torch.Tensor, got {type(t).__name__}")
+        check_plain_tensor(t, f"{arg}[{name!r}]")
+
+
+#: Storage-only dtypes: no arithmetic is defined on them, so a merge cannot compute with them.
+FLOAT8 = tuple(getattr(torch, n) for n in ("float8_e4m3fn", "float8_e4m3fnuz", "float8_e5m2", "float8_e5m2fnuz",
+                                           "float8_e8m0fnu") if hasattr(torch, n))
+
+
+def check_plain_tensor(t: torch.Tensor, what: str) -> None:
+    """``t`` holds data a merge can compute with: a dense (strided) tensor, not on the meta device, not float8."""
+    if t.is_meta:
+        raise ValueError(f"{what} is on the meta device: it has a shape but no data (load the weights first)")
+    if t.layout != torch.strided:
+        raise ValueError(f"{what} is a {t.layout} tensor; merges take dense tensors (call .to_dense() first)")
+    if t.dtype in FLOAT8:
+        raise TypeError(f"{what} has dtype {t.dtype}, a storage format without arithmetic; "
+                        "convert it to bfloat16 or float32 first")
 
 
 def all_finite(t: torch.Tensor) -> bool:

@@ -80,7 +80,12 @@ def density_per_layer(mask: Mapping[str, torch.Tensor], pattern: str = LAYER_PAT
     ``"other"``. Layers are returned in numeric order, ``"other"`` last.
     """
     check_tensor_dict(mask, "mask")
-    regex = re.compile(pattern)
+    if not isinstance(pattern, str):
+        raise TypeError(f"pattern must be a regular expression (str), got {type(pattern).__name__}")
+    try:
+        regex = re.compile(pattern)
+    except re.error as e:
+        raise ValueError(f"pattern {pattern!r} is not a valid regular expression: {e}") from None
     if regex.groups < 1:
         raise ValueError(f"pattern {pattern!r} must have a group that captures the layer index")
     selected: dict[str, int] = {}

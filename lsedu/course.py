@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import csv
 import json
+import math
 import os
 import re
 import shutil
@@ -395,6 +396,8 @@ def grade(source_dir, submissions_dir, out_csv, *, timeout: float = 60, progress
     """
     from tqdm.auto import tqdm
 
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < math.inf:
+        raise CourseError(f"timeout must be a positive number of seconds, got {timeout!r}")
     src, out_csv = Path(source_dir), Path(out_csv)
     exercises = find_exercises(src)
     if not exercises:

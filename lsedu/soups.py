@@ -28,8 +28,10 @@ def _check_models(models) -> list:
 def _mean(models: Sequence[Mapping[str, torch.Tensor]]) -> StateDict:
     out = {}
     for name, first in models[0].items():
-        if first.is_floating_point():
-            total = sum(m[name].float() for m in models)
+        if first.is_floating_point() or first.is_complex():
+            # half precisions add up in float32; float32, float64 and complex tensors in their own dtype
+            acc = torch.promote_types(first.dtype, torch.float32)
+            total = sum(m[name].to(acc) for m in models)
             out[name] = (total / len(models)).to(first.dtype)
         else:  # integer buffers (step counters, position ids) cannot be averaged: keep the first model's
             out[name] = first.clone()
@@ -40,8 +42,9 @@ def uniform_soup(models: Sequence[Mapping[str, torch.Tensor]]) -> StateDict:
     """Uniform soup, ``theta = (1/n) sum_i theta_i`` (Wortsman et al. 2022, Table 1).
 
     ``models`` are state dicts of fine-tunes that share one architecture and
-    pretrained start. Floating tensors are averaged in float32 and cast back;
-    integer buffers are taken from ``models[0]``. Returns a new state dict.
+    pretrained start. Floating and complex tensors are averaged in their own
+    dtype (float16 and bfloat16 in float32, then cast back); integer buffers
+    are taken from ``models[0]``. Returns a new state dict.
     """
     return _mean(_check_models(models))
 
