@@ -4,7 +4,8 @@ He et al. 2025 (TMLR), "Localize-and-Stitch: Efficient Model Merging via
 Sparse Task Arithmetic" (arXiv 2408.13656), Sec. 3. Explained in notebook 05.
 
 This follows the paper's equations, not the public reference code, whose mask
-training differs (shared/REFERENCE.md and notebook 05 list how):
+training differs (notebook 05 lists how; the book's page *Sources and licences*,
+``book/sources.md``, gives the file and lines of each difference):
 
 * the L1 term's gradient is the true gradient of ``lam * sum sigmoid(S)``,
   which always pushes logits *down* (towards a sparser mask);
