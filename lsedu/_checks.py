@@ -24,7 +24,11 @@ def _preview(names) -> str:
 
 
 def check_tensor_dict(sd, arg: str) -> None:
-    """``sd`` must be a mapping of str -> torch.Tensor."""
+    """``sd`` must be a mapping of str -> torch.Tensor.
+
+    Not called in a notebook: lsedu's functions check their inputs with it; see "The library in one
+    screen" on the book's first page (book/intro.md).
+    """
     if not isinstance(sd, Mapping):
         raise TypeError(f"{arg} must be a dict of name -> torch.Tensor (a state dict), got {type(sd).__name__}")
     for name in sd.keys():
@@ -54,14 +58,22 @@ def check_plain_tensor(t: torch.Tensor, what: str) -> None:
 
 def all_finite(t: torch.Tensor) -> bool:
     """No NaN or inf in ``t``. A finite sum proves it in one fast reduction (any NaN or inf would
-    make the sum non-finite); only when the sum is not finite, perhaps by overflow, look entry by entry."""
+    make the sum non-finite); only when the sum is not finite, perhaps by overflow, look entry by entry.
+
+    Not called in a notebook: lsedu's functions check their inputs with it; see "The library in one
+    screen" on the book's first page (book/intro.md).
+    """
     if not t.is_floating_point() or bool(torch.isfinite(t.sum())):
         return True
     return bool(torch.isfinite(t).all())
 
 
 def check_finite(sd: Mapping[str, torch.Tensor], arg: str) -> None:
-    """Floating tensors of ``sd`` hold no NaN or inf."""
+    """Floating tensors of ``sd`` hold no NaN or inf.
+
+    Not called in a notebook: lsedu's functions check their inputs with it; see "The library in one
+    screen" on the book's first page (book/intro.md).
+    """
     for name, t in sd.items():
         if not all_finite(t):
             bad = int((~torch.isfinite(t)).sum())
@@ -69,6 +81,11 @@ def check_finite(sd: Mapping[str, torch.Tensor], arg: str) -> None:
 
 
 def check_state_dict(sd, arg: str) -> None:
+    """``sd`` is a non-empty mapping of str -> tensor, with no NaN or inf in it.
+
+    Not called in a notebook: lsedu's functions check their inputs with it; see "The library in one
+    screen" on the book's first page (book/intro.md).
+    """
     check_tensor_dict(sd, arg)
     if len(sd) == 0:
         raise ValueError(f"{arg} is empty: it holds no tensors")
@@ -80,6 +97,9 @@ def check_same_layout(ref: Mapping, other: Mapping, ref_arg: str, other_arg: str
 
     With ``subset=True`` ``other`` may leave names out (a task vector over a
     selection of the base's parameters), but must not add any.
+
+    Not called in a notebook: lsedu's functions check their inputs with it; see "The library in one
+    screen" on the book's first page (book/intro.md).
     """
     extra = other.keys() - ref.keys()
     missing = set() if subset else ref.keys() - other.keys()
@@ -98,6 +118,11 @@ def check_same_layout(ref: Mapping, other: Mapping, ref_arg: str, other_arg: str
 
 
 def check_nonempty_list(items, arg: str, what: str = "models") -> list:
+    """``items`` is a non-empty sequence (not a mapping) of ``what``; returns a list.
+
+    Not called in a notebook: lsedu's functions check their inputs with it; see "The library in one
+    screen" on the book's first page (book/intro.md).
+    """
     if isinstance(items, Mapping) or not isinstance(items, Sequence):
         raise TypeError(f"{arg} must be a list of {what}, got {type(items).__name__}")
     if len(items) == 0:
@@ -106,7 +131,11 @@ def check_nonempty_list(items, arg: str, what: str = "models") -> list:
 
 
 def check_fraction(value, arg: str, *, low_open: bool, high_open: bool, low: float = 0.0, high: float = 1.0) -> float:
-    """``value`` is a real number (Python or NumPy) in the interval (low|[low, high]|)."""
+    """``value`` is a real number (Python or NumPy) in the interval (low|[low, high]|).
+
+    Not called in a notebook: lsedu's functions check their inputs with it; see "The library in one
+    screen" on the book's first page (book/intro.md).
+    """
     if not is_real(value):
         raise TypeError(f"{arg} must be a number, got {type(value).__name__}")
     value = float(value)
@@ -119,11 +148,20 @@ def check_fraction(value, arg: str, *, low_open: bool, high_open: bool, low: flo
 
 
 def is_real(value) -> bool:
-    """A real number: Python or NumPy ints and floats, a one-element tensor is not, nor is a bool."""
+    """A real number: Python or NumPy ints and floats, a one-element tensor is not, nor is a bool.
+
+    Not called in a notebook: lsedu's functions check their inputs with it; see "The library in one
+    screen" on the book's first page (book/intro.md).
+    """
     return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
 
 
 def check_scalar(value, arg: str) -> float:
+    """``value`` is a finite real number; returns it as a float.
+
+    Not called in a notebook: lsedu's functions check their inputs with it; see "The library in one
+    screen" on the book's first page (book/intro.md).
+    """
     if not is_real(value):
         raise TypeError(f"{arg} must be a real number, got {type(value).__name__}")
     value = float(value)
@@ -133,6 +171,11 @@ def check_scalar(value, arg: str) -> float:
 
 
 def check_floating(sd: Mapping[str, torch.Tensor], arg: str) -> None:
+    """Every tensor of ``sd`` is floating point (task vectors hold no integer buffers).
+
+    Not called in a notebook: lsedu's functions check their inputs with it; see "The library in one
+    screen" on the book's first page (book/intro.md).
+    """
     for name, t in sd.items():
         if not t.is_floating_point():
             raise TypeError(
@@ -142,7 +185,11 @@ def check_floating(sd: Mapping[str, torch.Tensor], arg: str) -> None:
 
 
 def check_mask(mask, reference: Mapping[str, torch.Tensor], arg: str, ref_arg: str) -> None:
-    """``mask`` is a dict of bool tensors with exactly the names and shapes of ``reference``."""
+    """``mask`` is a dict of bool tensors with exactly the names and shapes of ``reference``.
+
+    Not called in a notebook: lsedu's functions check their inputs with it; see "The library in one
+    screen" on the book's first page (book/intro.md).
+    """
     check_tensor_dict(mask, arg)
     extra = mask.keys() - reference.keys()
     missing = reference.keys() - mask.keys()
@@ -160,7 +207,11 @@ def check_mask(mask, reference: Mapping[str, torch.Tensor], arg: str, ref_arg: s
 
 
 def check_task_vector(tv, arg: str = "task_vector") -> None:
-    """One task vector: a non-empty dict of finite floating tensors."""
+    """One task vector: a non-empty dict of finite floating tensors.
+
+    Not called in a notebook: lsedu's functions check their inputs with it; see "The library in one
+    screen" on the book's first page (book/intro.md).
+    """
     check_tensor_dict(tv, arg)
     if len(tv) == 0:
         raise ValueError(f"{arg} is empty: it holds no tensors")
@@ -169,7 +220,11 @@ def check_task_vector(tv, arg: str = "task_vector") -> None:
 
 
 def check_task_vectors(task_vectors, arg: str = "task_vectors") -> list:
-    """A non-empty list of task vectors that share one layout."""
+    """A non-empty list of task vectors that share one layout.
+
+    Not called in a notebook: lsedu's functions check their inputs with it; see "The library in one
+    screen" on the book's first page (book/intro.md).
+    """
     tvs = check_nonempty_list(task_vectors, arg, "task vectors")
     for i, tv in enumerate(tvs):
         check_task_vector(tv, f"{arg}[{i}]")
@@ -179,7 +234,11 @@ def check_task_vectors(task_vectors, arg: str = "task_vectors") -> list:
 
 
 def check_base_and_vectors(base, task_vectors) -> list:
-    """``base`` is a state dict and every task vector covers a subset of its floating tensors."""
+    """``base`` is a state dict and every task vector covers a subset of its floating tensors.
+
+    Not called in a notebook: lsedu's functions check their inputs with it; see "The library in one
+    screen" on the book's first page (book/intro.md).
+    """
     check_state_dict(base, "base")
     tvs = check_task_vectors(task_vectors)
     check_same_layout(base, tvs[0], "base", "task_vectors[0]", subset=True)

@@ -32,6 +32,8 @@ class Overlap:
     ``iou[i, j] = |g_i & g_j| / |g_i | g_j|``;
     ``fraction[i, j] = |g_i & g_j| / |g_i|``, the share of mask i that mask j
     also claims (not symmetric). Empty denominators give 0.
+
+    Explained in notebook 05 (05_localize_and_stitch.ipynb).
     """
 
     counts: torch.Tensor
@@ -40,7 +42,10 @@ class Overlap:
 
 
 def mask_overlap(masks: Sequence[Mapping[str, torch.Tensor]]) -> Overlap:
-    """Intersection counts, intersection-over-union and overlap fraction of every pair of masks."""
+    """Intersection counts, intersection-over-union and overlap fraction of every pair of masks.
+
+    Explained in notebook 05 (05_localize_and_stitch.ipynb).
+    """
     masks = _check_masks(masks)
     n = len(masks)
     counts = torch.zeros(n, n, dtype=torch.int64)
@@ -55,14 +60,20 @@ def mask_overlap(masks: Sequence[Mapping[str, torch.Tensor]]) -> Overlap:
 
 
 def density(mask: Mapping[str, torch.Tensor]) -> float:
-    """Fraction of all entries that a mask selects (or that are non-zero, for a task vector)."""
+    """Fraction of all entries that a mask selects (or that are non-zero, for a task vector).
+
+    Explained in notebook 04 (04_interference_ties_dare.ipynb).
+    """
     check_tensor_dict(mask, "mask")
     total = sum(t.numel() for t in mask.values())
     return sum(int((t != 0).sum()) for t in mask.values()) / max(total, 1)
 
 
 def density_per_tensor(mask: Mapping[str, torch.Tensor]) -> dict[str, float]:
-    """``{name: fraction of that tensor's entries selected (non-zero)}``, in mask order."""
+    """``{name: fraction of that tensor's entries selected (non-zero)}``, in mask order.
+
+    Explained in notebook 05 (05_localize_and_stitch.ipynb).
+    """
     check_tensor_dict(mask, "mask")
     return {n: float((t != 0).float().mean()) if t.numel() else 0.0 for n, t in mask.items()}
 
@@ -78,6 +89,8 @@ def density_per_layer(mask: Mapping[str, torch.Tensor], pattern: str = LAYER_PAT
     The layer is the first group of ``pattern`` found in the name; tensors
     with no match (embeddings, heads, final norms) are grouped under
     ``"other"``. Layers are returned in numeric order, ``"other"`` last.
+
+    Explained in notebook 05 (05_localize_and_stitch.ipynb).
     """
     check_tensor_dict(mask, "mask")
     if not isinstance(pattern, str):
@@ -107,6 +120,8 @@ class SignConflicts:
     ``conflicts``: entries with at least one positive and one negative value;
     ``shared``: entries non-zero in at least two task vectors;
     ``total``: all entries. ``per_tensor`` maps a name to its conflict fraction.
+
+    Explained in notebook 04 (04_interference_ties_dare.ipynb).
     """
 
     conflicts: int
@@ -126,7 +141,10 @@ class SignConflicts:
 
 
 def sign_conflicts(task_vectors: Sequence[Mapping[str, torch.Tensor]]) -> SignConflicts:
-    """Count entries on which the (trimmed or dense) task vectors disagree in sign."""
+    """Count entries on which the (trimmed or dense) task vectors disagree in sign.
+
+    Explained in notebook 04 (04_interference_ties_dare.ipynb).
+    """
     tvs = check_task_vectors(task_vectors)
     conflicts = shared = total = 0
     per_tensor = {}
@@ -148,6 +166,8 @@ class Storage:
     each (int32, or int64 for tensors past 2**31 entries). ``bitmask``: the
     non-zero values plus one bit per entry. ``sparse`` is the smaller of the
     two sparse forms.
+
+    Explained in notebook 05 (05_localize_and_stitch.ipynb).
     """
 
     dense: int
@@ -167,7 +187,10 @@ class Storage:
 
 
 def storage(task_vector: Mapping[str, torch.Tensor], mask: Mapping[str, torch.Tensor] | None = None) -> Storage:
-    """Storage of ``task_vector`` (restricted to ``mask`` if given) dense vs sparse."""
+    """Storage of ``task_vector`` (restricted to ``mask`` if given) dense vs sparse.
+
+    Explained in notebook 05 (05_localize_and_stitch.ipynb).
+    """
     check_tensor_dict(task_vector, "task_vector")
     if mask is not None:
         check_mask(mask, task_vector, "mask", "task_vector")

@@ -26,6 +26,8 @@ def task_arithmetic(
 
     A negative ``lam`` (or a negated task vector) makes the model forget.
     The order of ``task_vectors`` does not matter. Returns a new state dict.
+
+    Explained in notebook 03 (03_task_arithmetic.ipynb).
     """
     tvs = check_base_and_vectors(base, task_vectors)
     lam = check_scalar(lam, "lam")
@@ -35,7 +37,10 @@ def task_arithmetic(
 
 @dataclass
 class LambdaSearch:
-    """What :func:`pick_lambda` returns: the best lambda, its score and every score on the grid."""
+    """What :func:`pick_lambda` returns: the best lambda, its score and every score on the grid.
+
+    Explained in notebook 03 (03_task_arithmetic.ipynb).
+    """
 
     best_lambda: float
     best_score: float
@@ -56,6 +61,8 @@ def pick_lambda(
     Works for any merge that takes ``lam`` (task arithmetic, TIES, DARE);
     ``merge_kwargs`` (a TIES ``density``, say) are passed through. On equal
     scores the first lambda in ``grid`` wins.
+
+    Explained in notebook 03 (03_task_arithmetic.ipynb).
     """
     if isinstance(grid, (str, Mapping)) or not isinstance(grid, Iterable):
         raise TypeError(f"grid must be a list of lambda values, got {type(grid).__name__}")

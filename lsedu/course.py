@@ -46,7 +46,11 @@ _FRESH_CHECKS = ('import sys as _lsedu_sys; _lsedu_sys.modules.pop("lsedu.exerci
 
 
 class CourseError(ValueError):
-    """A notebook or folder that the student edition or the grading run cannot use; the message says where."""
+    """A notebook or folder that the student edition or the grading run cannot use; the message says where.
+
+    Not called in a notebook: the course tools (``lsedu student-edition``, ``lsedu grade``) use it; see the
+    book's page For teachers (book/teaching.md).
+    """
 
 
 # --- student edition -----------------------------------------------------------------------------
@@ -63,6 +67,9 @@ def strip_cell(source: str, cell_type: str, where: str) -> tuple[str, bool]:
     Solution regions become a ``raise NotImplementedError`` line at the marker's indentation
     (code) or ``YOUR ANSWER HERE`` (markdown); hidden-test regions are removed with their markers.
     Unbalanced or nested markers raise :class:`CourseError` naming ``where``.
+
+    Not called in a notebook: the course tools (``lsedu student-edition``, ``lsedu grade``) use it; see the
+    book's page For teachers (book/teaching.md).
     """
     out: list[str] = []
     open_kind: str | None = None
@@ -97,7 +104,11 @@ def strip_cell(source: str, cell_type: str, where: str) -> tuple[str, bool]:
 
 
 def student_notebook(nb, path="notebook"):
-    """A copy of ``nb`` without solutions, hidden tests or outputs (``path`` only names it in errors)."""
+    """A copy of ``nb`` without solutions, hidden tests or outputs (``path`` only names it in errors).
+
+    Not called in a notebook: the course tools (``lsedu student-edition``, ``lsedu grade``) use it; see the
+    book's page For teachers (book/teaching.md).
+    """
     nb = copy.deepcopy(nb)
     for i, cell in enumerate(nb.cells):
         cell.source, had_solution = strip_cell(cell.source, cell.cell_type, _cell_name(path, i, cell))
@@ -149,6 +160,9 @@ def student_edition(src_dir, out_dir, *, overwrite: bool = False) -> list[Path]:
     skipped. ``out_dir`` must not be, or lie in, ``src_dir``. The whole folder is built in a
     temporary sibling and renamed into place, so ``out_dir`` is either complete or absent;
     an existing ``out_dir`` is replaced only with ``overwrite=True``.
+
+    Not called in a notebook: the course tools (``lsedu student-edition``, ``lsedu grade``) use it; see the
+    book's page For teachers (book/teaching.md).
     """
     src, out = Path(src_dir).resolve(), Path(out_dir).resolve()
     if not src.is_dir():
@@ -198,7 +212,11 @@ def _replace_dir(new: Path, target: Path) -> None:
 
 @dataclass(frozen=True)
 class Exercise:
-    """A check cell: the exercise ``id``, its ``points``, its notebook and its full source (hidden tests included)."""
+    """A check cell: the exercise ``id``, its ``points``, its notebook and its full source (hidden tests included).
+
+    Not called in a notebook: the course tools (``lsedu student-edition``, ``lsedu grade``) use it; see the
+    book's page For teachers (book/teaching.md).
+    """
 
     id: str
     points: float
@@ -207,7 +225,11 @@ class Exercise:
 
 
 def exercise_of(cell) -> tuple[str, float] | None:
-    """``(id, points)`` if ``cell`` is a check cell (its first line is ``# EXERCISE <id> (<n> points)``)."""
+    """``(id, points)`` if ``cell`` is a check cell (its first line is ``# EXERCISE <id> (<n> points)``).
+
+    Not called in a notebook: the course tools (``lsedu student-edition``, ``lsedu grade``) use it; see the
+    book's page For teachers (book/teaching.md).
+    """
     if cell.cell_type != "code" or not cell.source.strip():
         return None
     m = EXERCISE_LINE.match(cell.source.lstrip("\n").splitlines()[0])
@@ -215,7 +237,11 @@ def exercise_of(cell) -> tuple[str, float] | None:
 
 
 def find_exercises(source_dir) -> list[Exercise]:
-    """Every check cell of the source notebooks, in notebook order; ids must be unique."""
+    """Every check cell of the source notebooks, in notebook order; ids must be unique.
+
+    Not called in a notebook: the course tools (``lsedu student-edition``, ``lsedu grade``) use it; see the
+    book's page For teachers (book/teaching.md).
+    """
     src = Path(source_dir)
     found: dict[str, Exercise] = {}
     for p in _notebooks(src):
@@ -237,7 +263,11 @@ def find_exercises(source_dir) -> list[Exercise]:
 
 @dataclass
 class Grade:
-    """One row of the grades CSV."""
+    """One row of the grades CSV.
+
+    Not called in a notebook: the course tools (``lsedu student-edition``, ``lsedu grade``) use it; see the
+    book's page For teachers (book/teaching.md).
+    """
 
     student: str
     exercise: str
@@ -251,6 +281,9 @@ def restore_checks(nb, exercises: Iterable[Exercise]):
 
     Check cells are matched by their ``# EXERCISE <id>`` line; a later duplicate is removed, and a
     check cell the student deleted is appended at the end. Returns ``(notebook, {id: cell index})``.
+
+    Not called in a notebook: the course tools (``lsedu student-edition``, ``lsedu grade``) use it; see the
+    book's page For teachers (book/teaching.md).
     """
     nb = copy.deepcopy(nb)
     by_id = {e.id: e for e in exercises}
@@ -300,6 +333,9 @@ def run_notebook(nb, workdir: Path, timeout: float) -> tuple[dict[int, dict], st
 
     Every cell runs even after an error; a cell running past ``timeout`` seconds is interrupted
     and counts as an error. A dead kernel stops the run: the cells not reached have no reply.
+
+    Not called in a notebook: the course tools (``lsedu student-edition``, ``lsedu grade``) use it; see the
+    book's page For teachers (book/teaching.md).
     """
     from nbclient import NotebookClient
 
@@ -335,6 +371,9 @@ def grade_notebook(student: str, nb_path: Path, exercises: list[Exercise], timeo
     """Grade one student's copy of one notebook: run it in its own temporary folder, score each check cell.
 
     With ``executed``, the graded notebook (outputs and hidden tests included) is saved there.
+
+    Not called in a notebook: the course tools (``lsedu student-edition``, ``lsedu grade``) use it; see the
+    book's page For teachers (book/teaching.md).
     """
     def zero(why):
         return [Grade(student, e.id, 0.0, e.points, why) for e in exercises]
@@ -375,7 +414,11 @@ def grade_notebook(student: str, nb_path: Path, exercises: list[Exercise], timeo
 
 
 def submissions(submissions_dir) -> list[Path]:
-    """The student folders: one subfolder per student, named after the student (hidden folders skipped)."""
+    """The student folders: one subfolder per student, named after the student (hidden folders skipped).
+
+    Not called in a notebook: the course tools (``lsedu student-edition``, ``lsedu grade``) use it; see the
+    book's page For teachers (book/teaching.md).
+    """
     root = Path(submissions_dir)
     if not root.is_dir():
         raise CourseError(f"submissions folder {submissions_dir} does not exist")
@@ -393,6 +436,9 @@ def grade(source_dir, submissions_dir, out_csv, *, timeout: float = 60, progress
     ``executed_dir``, each graded notebook is saved as ``executed_dir/<student>/<notebook>``.
     For the exercises of :mod:`lsedu.exercises` the check cell must also print the check's
     success line; an exercise id of your own only needs its check cell to run without error.
+
+    Not called in a notebook: the course tools (``lsedu student-edition``, ``lsedu grade``) use it; see the
+    book's page For teachers (book/teaching.md).
     """
     from tqdm.auto import tqdm
 
@@ -429,7 +475,11 @@ def grade(source_dir, submissions_dir, out_csv, *, timeout: float = 60, progress
 
 
 def write_csv(rows: list[Grade], path: Path) -> None:
-    """Write the grades to ``path`` through a temporary file in the same folder, then rename it."""
+    """Write the grades to ``path`` through a temporary file in the same folder, then rename it.
+
+    Not called in a notebook: the course tools (``lsedu student-edition``, ``lsedu grade``) use it; see the
+    book's page For teachers (book/teaching.md).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -445,7 +495,11 @@ def write_csv(rows: list[Grade], path: Path) -> None:
 
 
 def summary(rows: list[Grade]) -> str:
-    """A table with one line per student: points per exercise and the total."""
+    """A table with one line per student: points per exercise and the total.
+
+    Not called in a notebook: the course tools (``lsedu student-edition``, ``lsedu grade``) use it; see the
+    book's page For teachers (book/teaching.md).
+    """
     exercises = list(dict.fromkeys(r.exercise for r in rows))
     students = list(dict.fromkeys(r.student for r in rows))
     cell = {(r.student, r.exercise): r.points for r in rows}

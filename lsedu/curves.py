@@ -25,7 +25,10 @@ from .task_vectors import apply_vector
 
 @dataclass
 class LineSweep:
-    """What :func:`sweep_line` returns: the ``alphas`` walked and, per metric, its value at each alpha."""
+    """What :func:`sweep_line` returns: the ``alphas`` walked and, per metric, its value at each alpha.
+
+    Explained in notebook 01 (01_weights_as_vectors.ipynb).
+    """
 
     alphas: list[float]
     values: dict[str, list[float]]
@@ -51,6 +54,8 @@ def sweep_line(
     ``metrics`` maps a name to a function ``state_dict -> float`` (an
     accuracy, a loss); each is called once per alpha, in the order given.
     Inputs are never modified. Returns a :class:`LineSweep`.
+
+    Explained in notebook 01 (01_weights_as_vectors.ipynb).
     """
     check_state_dict(base, "base")
     check_task_vector(direction, "direction")

@@ -30,6 +30,9 @@ def uniform_stream(seed: int, name: str, numel: int, start: int = 0, end: int | 
     depend on the other tensors, on the order they are visited in, or on how a
     streaming merge cuts the tensor into chunks: any slice can be drawn alone
     and equals the same slice of the whole.
+
+    Not called in a notebook: the building block of ``dare``, explained in notebook 04
+    (04_interference_ties_dare.ipynb), and of the DARE of ``lsedu merge`` (appendix_streaming_merge.ipynb).
     """
     end = numel if end is None else end
     parts = []
@@ -43,7 +46,11 @@ def uniform_stream(seed: int, name: str, numel: int, start: int = 0, end: int | 
 
 def drop_and_rescale(t: torch.Tensor, p: float, seed: int, name: str, numel: int | None = None,
                      start: int = 0) -> torch.Tensor:
-    """DARE on the flat entries ``start:start + t.numel()`` of tensor ``name`` (of ``numel`` entries in all)."""
+    """DARE on the flat entries ``start:start + t.numel()`` of tensor ``name`` (of ``numel`` entries in all).
+
+    Not called in a notebook: the building block of ``dare``, explained in notebook 04
+    (04_interference_ties_dare.ipynb), and of the DARE of ``lsedu merge`` (appendix_streaming_merge.ipynb).
+    """
     numel = t.numel() if numel is None else numel
     keep = uniform_stream(seed, name, numel, start, start + t.numel()).reshape(t.shape) >= p
     return torch.where(keep, t.float() / (1 - p), 0.0).to(t.dtype)
@@ -60,6 +67,8 @@ def dare(task_vector: Mapping[str, torch.Tensor], p: float, seed: int = 0) -> Ta
     ``p`` in [0, 1) is the drop probability (``p=0`` returns ``tau``
     unchanged). The rescaling keeps the expected value of every entry equal
     to ``tau``. Deterministic for a given ``seed``.
+
+    Explained in notebook 04 (04_interference_ties_dare.ipynb).
     """
     check_task_vector(task_vector, "task_vector")
     p = check_fraction(p, "p", low_open=False, high_open=True)
@@ -80,6 +89,8 @@ def dare_merge(
 
     ``then="ties"`` passes ``ties_kwargs`` (``density``, ``trim_scope``) to
     :func:`lsedu.ties.ties_merge`. Returns a new state dict.
+
+    Explained in notebook 04 (04_interference_ties_dare.ipynb).
     """
     tvs = check_base_and_vectors(base, task_vectors)
     _check_seed(seed)

@@ -51,12 +51,20 @@ VISIBLE_SEED, HIDDEN_SEED = 0, 1000
 
 
 class ExerciseFailed(AssertionError):
-    """A check found a mistake; the message says on which case, tensor and entry."""
+    """A check found a mistake; the message says on which case, tensor and entry.
+
+    Not called in a notebook: every ``check_*`` of notebooks 02 to 05 raises it, starting with notebook 02
+    (02_model_soups.ipynb).
+    """
 
 
 @dataclass
 class Case:
-    """One input of a check: ``label`` says what it tests, ``args`` are passed to the student's function."""
+    """One input of a check: ``label`` says what it tests, ``args`` are passed to the student's function.
+
+    Not called in a notebook: every ``check_*`` of notebooks 02 to 05 describes its inputs with it, starting
+    with notebook 02 (02_model_soups.ipynb).
+    """
 
     number: int
     label: str
@@ -250,6 +258,8 @@ def check_uniform_soup(student, *, hidden: bool = False) -> None:
     """Check ``student(models) -> dict``: the element-wise mean of the models' tensors (notebook 02).
 
     The inputs must stay unchanged and each tensor keeps its dtype.
+
+    Explained in notebook 02 (02_model_soups.ipynb).
     """
     _require_callable(student, "uniform_soup")
     cases = _numbered(_soup_cases(HIDDEN_SEED if hidden else VISIBLE_SEED, 6 if hidden else 2), ("models",))
@@ -351,6 +361,8 @@ def check_greedy_soup(student, *, hidden: bool = False) -> None:
     The indices kept, in the order added: sort by individual score (best first, stable), start with
     the best, add the next model if the soup's score rises *strictly*. ``val_accuracy`` here reads
     back which models a soup averages, so only uniform averages of the models may be scored.
+
+    Explained in notebook 02 (02_model_soups.ipynb).
     """
     _require_callable(student, "greedy_soup")
     seed = HIDDEN_SEED if hidden else VISIBLE_SEED
@@ -391,7 +403,10 @@ def _task_vector_cases(seed: int, extra: int) -> list[tuple[str, tuple]]:
 
 
 def check_task_vector(student, *, hidden: bool = False) -> None:
-    """Check ``student(pretrained, finetuned) -> dict``: ``tau = theta_ft - theta_pre`` per tensor (notebook 03)."""
+    """Check ``student(pretrained, finetuned) -> dict``: ``tau = theta_ft - theta_pre`` per tensor (notebook 03).
+
+    Explained in notebook 03 (03_task_arithmetic.ipynb).
+    """
     _require_callable(student, "task_vector")
     cases = _numbered(_task_vector_cases(HIDDEN_SEED if hidden else VISIBLE_SEED, 5 if hidden else 1),
                       ("pretrained", "finetuned"))
@@ -448,6 +463,8 @@ def check_pick_lambda(student, *, hidden: bool = False) -> None:
 
     The first lambda of ``grid`` wins a tie. ``test_score`` is a trap: a function that calls it fails,
     whatever it returns, because the test split must never influence a choice.
+
+    Explained in notebook 03 (03_task_arithmetic.ipynb).
     """
     _require_callable(student, "pick_lambda")
     specs = _lambda_cases(HIDDEN_SEED if hidden else VISIBLE_SEED, 6 if hidden else 2)
@@ -515,6 +532,8 @@ def check_elect_sign(student, *, hidden: bool = False) -> None:
 
     Float tensors of -1, 0, +1: the sign of the total mass (not of a vote count), 0 where the values
     sum to exactly 0.
+
+    Explained in notebook 04 (04_interference_ties_dare.ipynb).
     """
     _require_callable(student, "elect_sign")
     specs = _ties_cases(HIDDEN_SEED if hidden else VISIBLE_SEED, 6 if hidden else 2)
@@ -557,6 +576,8 @@ def check_disjoint_mean(student, *, hidden: bool = False) -> None:
 
     At each entry, the mean of the non-zero values whose sign equals ``signs``; 0 where none does.
     Zeros left by the trim must not count.
+
+    Explained in notebook 04 (04_interference_ties_dare.ipynb).
     """
     _require_callable(student, "disjoint_mean")
     cases = _numbered(_disjoint_cases(HIDDEN_SEED if hidden else VISIBLE_SEED, 6 if hidden else 2),
@@ -627,6 +648,8 @@ def check_dare(student, *, hidden: bool = False) -> None:
     Every entry is either 0 (dropped) or ``x / (1 - p)``; zeros stay zero; the dropped fraction is
     close to ``p`` (within 4.5 standard deviations of a binomial); ``p = 0`` is the identity; the
     drops come from ``generator`` (the same seed gives the same drops, another seed other drops).
+
+    Explained in notebook 04 (04_interference_ties_dare.ipynb).
     """
     _require_callable(student, "dare")
     seed = HIDDEN_SEED if hidden else VISIBLE_SEED
@@ -686,6 +709,8 @@ def check_localize_dataless(student, *, hidden: bool = False) -> None:
     The mask keeps the ``k = round(density * N)`` largest ``|tau|`` over all tensors at once; among
     entries that tie at the threshold the earliest are kept (tensor order, then position), as
     :func:`lsedu.localize_dataless` does.
+
+    Explained in notebook 05 (05_localize_and_stitch.ipynb).
     """
     _require_callable(student, "localize_dataless")
     cases = _numbered(_localize_cases(HIDDEN_SEED if hidden else VISIBLE_SEED, 5 if hidden else 0),
@@ -755,6 +780,8 @@ def check_stitch(student, *, hidden: bool = False) -> None:
     ``theta = theta_pre + sum_i (gamma_i / sum_j gamma_j) tau_i``: where masks overlap the task
     vectors are averaged, where one mask claims an entry its task vector is taken whole, and where
     none does the pretrained value stays. The inputs must stay unchanged.
+
+    Explained in notebook 05 (05_localize_and_stitch.ipynb).
     """
     _require_callable(student, "stitch")
     cases = _numbered(_stitch_cases(HIDDEN_SEED if hidden else VISIBLE_SEED, 5 if hidden else 1),
@@ -781,6 +808,8 @@ def check_overlap_prediction(answer, masks: Mapping[str, Mapping[str, torch.Tens
     intersection over union (:func:`lsedu.mask_overlap`); the order of the names in a pair does not
     matter, and any pair that ties for the top is accepted. ``hidden`` changes nothing: the truth
     comes from the masks.
+
+    Explained in notebook 05 (05_localize_and_stitch.ipynb).
     """
     if not isinstance(masks, Mapping) or len(masks) < 2:
         _fail("check_overlap_prediction needs masks as a dict {task name: mask} with at least two tasks, "

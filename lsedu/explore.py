@@ -49,6 +49,9 @@ def coverage_counts(masks: Sequence[Mapping[str, torch.Tensor]]) -> torch.Tensor
     ``masks[i]`` sets bit ``i``; ``counts[0]`` is the entries no mask claims.
     Returns an int64 tensor of length ``2**len(masks)`` summing to the number
     of entries.
+
+    Not called in a notebook: the explorers of notebook 05 (05_localize_and_stitch.ipynb) compute their figures
+    with it.
     """
     if isinstance(masks, Mapping) or not isinstance(masks, Sequence) or len(masks) == 0:
         raise TypeError(f"masks must be a non-empty list of masks (dicts of bool tensors), got {type(masks).__name__}")
@@ -98,6 +101,8 @@ class SparsitySweep:
     * ``total``: how many entries the task vectors have.
 
     Accuracies are ``nan`` when the sweep ran without an ``evaluate`` function.
+
+    Explained in notebook 05 (05_localize_and_stitch.ipynb).
     """
 
     tasks: tuple[str, ...]
@@ -182,6 +187,8 @@ def sparsity_sweep(
     top-k of ``|tau|``). ``finetuned`` (``{task: accuracy}`` of the full
     fine-tunes, by the same ``evaluate``) saves those ``len(tasks)`` calls
     when they are already known.
+
+    Explained in notebook 05 (05_localize_and_stitch.ipynb).
     """
     from tqdm.auto import tqdm
 
@@ -221,6 +228,9 @@ def overlap_from_coverage(counts: torch.Tensor, n_tasks: int) -> torch.Tensor:
     """``overlap[i, j]``: entries claimed by both mask ``i`` and mask ``j`` (the diagonal: each mask's size).
 
     The same numbers as ``lsedu.mask_overlap(masks).counts``, from the coverage counts alone.
+
+    Not called in a notebook: the explorers of notebook 05 (05_localize_and_stitch.ipynb) compute their figures
+    with it.
     """
     counts = _check_counts(counts, n_tasks)
     out = torch.zeros(n_tasks, n_tasks, dtype=torch.int64)
@@ -246,7 +256,10 @@ def _check_counts(counts, n_tasks: int) -> torch.Tensor:
 
 
 def iou_matrix(sweep: SparsitySweep, density: float):
-    """Intersection over union of every pair of masks at ``density``, as a DataFrame (tasks x tasks)."""
+    """Intersection over union of every pair of masks at ``density``, as a DataFrame (tasks x tasks).
+
+    Explained in notebook 05 (05_localize_and_stitch.ipynb).
+    """
     import pandas as pd
 
     d = _check_sweep(sweep).index(density)
@@ -258,7 +271,11 @@ def iou_matrix(sweep: SparsitySweep, density: float):
 
 
 def overlap_counts(sweep: SparsitySweep, density: float, tasks: Sequence[str] | None = None) -> dict[int, int]:
-    """``{c: entries claimed by exactly c of the chosen tasks' masks}`` for c = 1 .. len(tasks), at ``density``."""
+    """``{c: entries claimed by exactly c of the chosen tasks' masks}`` for c = 1 .. len(tasks), at ``density``.
+
+    Not called in a notebook: the explorers of notebook 05 (05_localize_and_stitch.ipynb) compute their figures
+    with it.
+    """
     d = _check_sweep(sweep).index(density)
     chosen, bits = _chosen(sweep, tasks)
     out = {c: 0 for c in range(1, len(chosen) + 1)}
@@ -278,6 +295,8 @@ def stitch_weights(sweep: SparsitySweep, density: float, tasks: Sequence[str] | 
     averaged with the others'). ``"mask size"`` is the row's sum,
     ``"mean weight"`` the average ``gamma'`` over the task's mask and
     ``"alone"`` the share of its mask where it keeps full weight.
+
+    Explained in notebook 05 (05_localize_and_stitch.ipynb).
     """
     import pandas as pd
 
@@ -328,6 +347,8 @@ def render_sparsity(sweep: SparsitySweep, density: float):
     each task's accuracy as a share of its full fine-tune's, for the
     fine-tune masked to ``density`` and for the model stitched from all
     masks. Returns a new matplotlib Figure (the caller shows or closes it).
+
+    Explained in notebook 05 (05_localize_and_stitch.ipynb).
     """
     import matplotlib.pyplot as plt
 
@@ -367,6 +388,8 @@ def plot_sparsity_sweep(sweep: SparsitySweep):
     the masked fine-tune (solid) and the stitched model (dashed). Right: the
     mean pairwise IoU of the masks and the share of claimed entries that more
     than one mask claims, vs density.
+
+    Explained in notebook 05 (05_localize_and_stitch.ipynb).
     """
     import matplotlib.pyplot as plt
 
@@ -404,7 +427,10 @@ def plot_sparsity_sweep(sweep: SparsitySweep):
 
 def render_overlap(sweep: SparsitySweep, density: float, tasks: Sequence[str] | None = None):
     """The overlap explorer's picture: how many entries lie in 1, 2, ... of the chosen masks, and the weight
-    stitching gives each chosen task on its own mask (stacked: full weight, 1/2, 1/3, ...)."""
+    stitching gives each chosen task on its own mask (stacked: full weight, 1/2, 1/3, ...).
+
+    Explained in notebook 05 (05_localize_and_stitch.ipynb).
+    """
     import matplotlib.pyplot as plt
 
     d = _check_sweep(sweep).index(density)
@@ -444,7 +470,10 @@ def _show(fig) -> None:
 
 
 def sparsity_explorer(sweep: SparsitySweep):
-    """A density slider driving :func:`render_sparsity` (needs a live kernel to redraw). Returns the widget."""
+    """A density slider driving :func:`render_sparsity` (needs a live kernel to redraw). Returns the widget.
+
+    Explained in notebook 05 (05_localize_and_stitch.ipynb).
+    """
     import ipywidgets as widgets
 
     _check_sweep(sweep)
@@ -455,7 +484,10 @@ def sparsity_explorer(sweep: SparsitySweep):
 
 
 def overlap_explorer(sweep: SparsitySweep):
-    """Task checkboxes and a density slider driving :func:`render_overlap`. Returns the widget."""
+    """Task checkboxes and a density slider driving :func:`render_overlap`. Returns the widget.
+
+    Explained in notebook 05 (05_localize_and_stitch.ipynb).
+    """
     import ipywidgets as widgets
 
     _check_sweep(sweep)

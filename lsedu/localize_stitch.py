@@ -4,7 +4,8 @@ He et al. 2025 (TMLR), "Localize-and-Stitch: Efficient Model Merging via
 Sparse Task Arithmetic" (arXiv 2408.13656), Sec. 3. Explained in notebook 05.
 
 This follows the paper's equations, not the public reference code, whose mask
-training differs (shared/REFERENCE.md and notebook 05 list how):
+training differs (notebook 05 lists how; the book's page *Sources and licences*,
+``book/sources.md``, gives the file and lines of each difference):
 
 * the L1 term's gradient is the true gradient of ``lam * sum sigmoid(S)``,
   which always pushes logits *down* (towards a sparser mask);
@@ -44,6 +45,8 @@ def localize_dataless(task_vector: Mapping[str, torch.Tensor], density: float = 
 
     ``k = round(density * n)`` exactly (ties at the threshold broken by
     tensor order, then position). Returns bool masks shaped like ``tau``.
+
+    Explained in notebook 05 (05_localize_and_stitch.ipynb).
     """
     check_task_vector(task_vector, "task_vector")
     return global_topk_mask(task_vector, density, arg="task_vector")
@@ -96,6 +99,8 @@ def localize_trained(
     updates) and restored to its mode afterwards. Returns ``(mask, log)``:
     bool masks on the CPU shaped like ``tau``, and one dict per epoch with the
     mean task loss, the mean of sigmoid(S) and the density of the rounded mask.
+
+    Explained in notebook 05 (05_localize_and_stitch.ipynb).
     """
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -206,6 +211,8 @@ def stitch(
     where masks overlap, the task vectors are averaged; elsewhere each one is
     taken whole. There is no scaling coefficient. The order of tasks does not
     matter. Returns a new state dict.
+
+    Explained in notebook 05 (05_localize_and_stitch.ipynb).
     """
     tvs = check_base_and_vectors(base, task_vectors)
     if not isinstance(masks, Sequence) or len(masks) != len(tvs):

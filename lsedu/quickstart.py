@@ -20,6 +20,11 @@ from torch import nn
 
 @dataclass(frozen=True)
 class QuickstartConfig:
+    """Every number of the quickstart's tiny digits experiment, in one place.
+
+    Explained in notebook 00 (00_quickstart.ipynb).
+    """
+
     seed: int = 0
     hidden: int = 64
     n_train: int = 1000  # the rest of the 1,797 images: 300 validation, 497 test
@@ -37,6 +42,11 @@ QUICKSTART = QuickstartConfig()
 
 @dataclass
 class Split:
+    """One split of the digits: images ``x`` (N x 64, in [0, 1]) and labels ``y`` (N).
+
+    Explained in notebook 00 (00_quickstart.ipynb).
+    """
+
     x: torch.Tensor
     y: torch.Tensor
 
@@ -49,7 +59,10 @@ class Split:
 
 
 def load_digits_splits(cfg: QuickstartConfig = QUICKSTART) -> dict[str, Split]:
-    """Fixed, seeded train / val / test splits of the 8x8 digits, pixels scaled to [0, 1]."""
+    """Fixed, seeded train / val / test splits of the 8x8 digits, pixels scaled to [0, 1].
+
+    Explained in notebook 00 (00_quickstart.ipynb).
+    """
     try:
         from sklearn.datasets import load_digits
     except ImportError as e:  # pragma: no cover - the project's install has it
@@ -64,19 +77,28 @@ def load_digits_splits(cfg: QuickstartConfig = QUICKSTART) -> dict[str, Split]:
 
 
 def pretrain_subset(train: Split, cfg: QuickstartConfig = QUICKSTART) -> Split:
-    """The first ``pretrain_per_class`` training images of each digit."""
+    """The first ``pretrain_per_class`` training images of each digit.
+
+    Explained in notebook 00 (00_quickstart.ipynb).
+    """
     idx = torch.cat([torch.nonzero(train.y == c).reshape(-1)[: cfg.pretrain_per_class] for c in range(10)])
     return Split(train.x[idx], train.y[idx])
 
 
 def tiny_mlp(cfg: QuickstartConfig = QUICKSTART) -> nn.Module:
-    """64 pixels -> ``hidden`` ReLU units -> 10 digits, initialised from ``cfg.seed``."""
+    """64 pixels -> ``hidden`` ReLU units -> 10 digits, initialised from ``cfg.seed``.
+
+    Explained in notebook 00 (00_quickstart.ipynb).
+    """
     torch.manual_seed(cfg.seed)
     return nn.Sequential(nn.Linear(64, cfg.hidden), nn.ReLU(), nn.Linear(cfg.hidden, 10))
 
 
 def task_accuracies(model: nn.Module, state_dict, split: Split, cfg: QuickstartConfig = QUICKSTART) -> dict[str, float]:
-    """Accuracy of ``state_dict`` on each task's images of ``split`` (10-way, so forgetting shows)."""
+    """Accuracy of ``state_dict`` on each task's images of ``split`` (10-way, so forgetting shows).
+
+    Explained in notebook 00 (00_quickstart.ipynb).
+    """
     from .train import accuracy
 
     out = {}

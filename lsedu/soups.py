@@ -45,6 +45,8 @@ def uniform_soup(models: Sequence[Mapping[str, torch.Tensor]]) -> StateDict:
     pretrained start. Floating and complex tensors are averaged in their own
     dtype (float16 and bfloat16 in float32, then cast back); integer buffers
     are taken from ``models[0]``. Returns a new state dict.
+
+    Explained in notebook 02 (02_model_soups.ipynb).
     """
     return _mean(_check_models(models))
 
@@ -56,6 +58,8 @@ class GreedySoup:
     ``ingredients`` are indices into the input list, in the order they were
     added; ``history`` has one row per model tried, with its score and whether
     it was kept.
+
+    Explained in notebook 02 (02_model_soups.ipynb).
     """
 
     state_dict: StateDict
@@ -85,6 +89,8 @@ def greedy_soup(models: Sequence[Mapping[str, torch.Tensor]], evaluate: Callable
 
     ``evaluate(state_dict) -> float`` is called ``2n - 1`` times. The result
     is never worse on ``evaluate``'s data than the best single model.
+
+    Explained in notebook 02 (02_model_soups.ipynb).
     """
     models = _check_models(models)
     if not callable(evaluate):

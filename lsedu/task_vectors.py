@@ -52,6 +52,9 @@ def select(
     ``exclude=["classifier.*", "*.position_ids"]`` (no heads, no index buffers).
     ``include=None`` means every name. A pattern that matches nothing is an
     error: it is almost always a typo or a model with other names.
+
+    Not called in a notebook: ``TaskVector.from_models`` and the recipes of ``lsedu merge`` (their ``include``
+    and ``exclude``) choose their tensors with it; see the appendix notebook (appendix_streaming_merge.ipynb).
     """
     names = list(names)
     inc, exc = _patterns(include, "include"), _patterns(exclude, "exclude")
@@ -68,6 +71,9 @@ def apply_vector(base: Mapping[str, torch.Tensor], vector: Mapping[str, torch.Te
 
     Tensors of ``base`` outside ``vector`` are copied, so the result loads into
     the same model. Every merge ends with this step; it assumes checked inputs.
+
+    Not called in a notebook: every merge and ``TaskVector.apply_to`` end with it; ``apply_to`` is explained
+    in notebook 01 (01_weights_as_vectors.ipynb).
     """
     out = {}
     for n, t in base.items():
@@ -85,6 +91,8 @@ class TaskVector(Mapping):
     >>> forget = (-tau_a).apply_to(pre, 1.0)            # doctest: +SKIP
 
     The tensors are not copied on construction; lsedu never writes into them.
+
+    Explained in notebook 01 (01_weights_as_vectors.ipynb).
     """
 
     def __init__(self, vector: Mapping[str, torch.Tensor]):
@@ -183,7 +191,10 @@ class TaskVector(Mapping):
 
 
 def cosine_similarity(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> float:
-    """``<a, b> / (|a| |b|)`` over all entries, computed tensor by tensor (no concatenation)."""
+    """``<a, b> / (|a| |b|)`` over all entries, computed tensor by tensor (no concatenation).
+
+    Explained in notebook 03 (03_task_arithmetic.ipynb).
+    """
     check_tensor_dict(a, "a")
     check_tensor_dict(b, "b")
     check_same_layout(a, b, "a", "b")

@@ -36,6 +36,8 @@ def trim(task_vector: Mapping[str, torch.Tensor], density: float, scope: TrimSco
     that is a different method and keeps a different set of entries. Exactly
     ``round(density * n)`` entries (at least one) survive; ties at the
     threshold are broken by tensor order, then position.
+
+    Explained in notebook 04 (04_interference_ties_dare.ipynb).
     """
     check_task_vector(task_vector, "task_vector")
     _check_scope(scope, "scope")
@@ -55,10 +57,12 @@ def elect_sign(trimmed: Sequence[Mapping[str, torch.Tensor]]) -> dict[str, torch
 
     Mass, not a vote count: +5 against -1 and -1 elects +1. Where the sum is
     exactly 0 the election has no winner and ``gamma = 0``, so that entry of
-    the merge is 0 (the TIES reference code would pick the sign of the
-    whole vector's majority there). The sum is taken in float64, so that the
+    the merge is 0 (the TIES reference code would put there the sign that
+    most entries of the vector elected). The sum is taken in float64, so that the
     order of the task vectors cannot flip a close election. Returns float32
     tensors of -1, 0, +1.
+
+    Explained in notebook 04 (04_interference_ties_dare.ipynb).
     """
     return _elect_sign(check_task_vectors(trimmed, "trimmed"))
 
@@ -72,6 +76,8 @@ def disjoint_mean(trimmed: Sequence[Mapping[str, torch.Tensor]], signs: Mapping[
 
     Only non-zero entries that agree with the elected sign are averaged, so
     trimmed zeros do not dilute the mean; an entry where none agree is 0.
+
+    Explained in notebook 04 (04_interference_ties_dare.ipynb).
     """
     tvs = check_task_vectors(trimmed, "trimmed")
     _check_signs(signs, tvs[0])
@@ -119,6 +125,8 @@ def ties_merge(
     trim (the paper's k = 20% is ``density=0.2``); ``lam`` is about 1 when it
     is not tuned on validation data. The order of ``task_vectors`` does not
     matter. Returns a new state dict.
+
+    Explained in notebook 04 (04_interference_ties_dare.ipynb).
     """
     tvs = check_base_and_vectors(base, task_vectors)
     lam = check_scalar(lam, "lam")

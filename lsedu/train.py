@@ -44,6 +44,8 @@ def train_classifier(
 
     Shuffling is seeded by ``seed``, so the same call gives the same weights.
     Neither ``model`` nor ``start`` is changed; the new state dict is returned.
+
+    Explained in notebook 00 (00_quickstart.ipynb).
     """
     check_state_dict(start, "start")
     _check_xy(x, y)
@@ -66,7 +68,11 @@ def train_classifier(
 @torch.no_grad()
 def accuracy(model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor,
              batch_size: int = 4096) -> float:
-    """Fraction of ``x`` that the weights ``state_dict`` (run in ``model``'s architecture) label as ``y``."""
+    """Fraction of ``x`` that the weights ``state_dict`` (run in ``model``'s architecture) label as ``y``.
+
+    Not called in a notebook: ``lsedu.quickstart.task_accuracies`` of notebook 00 (00_quickstart.ipynb) scores
+    with it.
+    """
     check_state_dict(state_dict, "state_dict")
     _check_xy(x, y)
     was_training = model.training

@@ -13,6 +13,8 @@ def seed_everything(seed: int) -> torch.Generator:
     """Seed Python, NumPy and torch in one place; returns a torch generator with that seed.
 
     Record the seed next to every cached result so that it can be reproduced.
+
+    Explained in notebook 00 (00_quickstart.ipynb).
     """
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise TypeError(f"seed must be an int, got {type(seed).__name__}")
@@ -28,6 +30,9 @@ def get_device(prefer: str | None = None) -> torch.device:
 
     ``LSEDU_DEVICE=cpu`` forces a device for every notebook. Never fails:
     a machine without a GPU gets the CPU, so every page runs everywhere.
+
+    Not called in a notebook: every ``lsedu.zoo`` setup picks its device with it (``LSEDU_DEVICE``); see the
+    book's page Two tracks (book/tracks.md).
     """
     prefer = prefer or os.environ.get("LSEDU_DEVICE")
     if prefer:

@@ -1,8 +1,9 @@
 """Where the public reference code differs from the papers, lsedu follows the papers (notebook 05, last section).
 
 Each test builds a small case on which the reference code's behaviour
-(shared/REFERENCE.md, "Known bugs in public reference code") gives a
-different answer from the paper's equation, writes that behaviour down in a
+(the book's page *Sources and licences*, ``book/sources.md``, section "Claims
+about the reference implementations", names the file, function and lines of
+each one) gives a different answer from the paper's equation, writes that behaviour down in a
 few lines (``reference_*``, described from the bug reports, not copied), and
 checks that lsedu gives the paper's answer and not the reference's. If lsedu
 ever picked up one of these behaviours, the test would fail.
@@ -225,7 +226,7 @@ def test_ties_trims_over_the_whole_vector_by_default():
 
 def test_ties_sign_election_by_mass_with_no_winner_on_a_tie():
     """gamma = sign(sum): mass wins over count (+5 beats -1, -1), and an exact tie elects 0, so that entry is
-    not merged (the TIES reference code falls back to the sign of the whole vector's majority there)."""
+    not merged (the TIES reference code falls back to the sign that most entries of the vector elected)."""
     a = TaskVector({"w": torch.tensor([5.0, 1.0, 2.0])})
     b = TaskVector({"w": torch.tensor([-1.0, -1.0, 3.0])})
     c = TaskVector({"w": torch.tensor([-1.0, 0.0, 1.0])})
@@ -233,8 +234,9 @@ def test_ties_sign_election_by_mass_with_no_winner_on_a_tie():
     assert signs["w"].tolist() == [1.0, 0.0, 1.0]
     merged = lsedu.disjoint_mean([a, b, c], signs)
     assert merged["w"].tolist() == [5.0, 0.0, 2.0]
-    majority = torch.sign(sum(t["w"] for t in (a, b, c)).sum())  # the fallback: +1 here
-    assert majority != signs["w"][1]
+    # the reference's fallback: the sign that most entries elected, sign(sum of the elected signs) = +1 here
+    majority = torch.sign(torch.sign(sum(t["w"] for t in (a, b, c))).sum())
+    assert majority == 1 and majority != signs["w"][1]
 
 
 def test_dare_refuses_dropping_everything_instead_of_returning_nan():
