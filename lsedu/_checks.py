@@ -46,7 +46,11 @@ FLOAT8 = tuple(getattr(torch, n) for n in ("float8_e4m3fn", "float8_e4m3fnuz", "
 
 
 def check_plain_tensor(t: torch.Tensor, what: str) -> None:
-    """``t`` holds data a merge can compute with: a dense (strided) tensor, not on the meta device, not float8."""
+    """``t`` holds data a merge can compute with: a dense (strided) tensor, not on the meta device, not float8.
+
+    Not called in a notebook: lsedu's functions check their inputs with it; see "The library in one
+    screen" on the book's first page (book/intro.md).
+    """
     if t.is_meta:
         raise ValueError(f"{what} is on the meta device: it has a shape but no data (load the weights first)")
     if t.layout != torch.strided:

@@ -127,6 +127,9 @@ class CaseStudyConfig:
       task's validation / test split (the splits are stored shuffled), or on
       all of it (None). For setups whose evaluation is slow on a CPU.
     * ``multitask``: train the multi-task baseline (``setup.multitask``).
+
+    Explained in notebooks 06, 07 and 08 (06_case_language.ipynb, 07_case_vision.ipynb,
+    08_case_causal_lm.ipynb).
     """
 
     finetune_seeds: tuple[int, ...] = (0,)
@@ -191,7 +194,11 @@ class CaseStudyConfig:
 def merge_names(setup) -> list[str]:
     """The body tensors a merge combines: ``setup.merge_names()`` (paper track), else every parameter that
     fine-tuning updates (``setup.trainable``). Buffers (batch-norm statistics) are not weights and are left
-    out. Task vectors, masks and storage cover these tensors only."""
+    out. Task vectors, masks and storage cover these tensors only.
+
+    Explained in notebooks 06, 07 and 08 (06_case_language.ipynb, 07_case_vision.ipynb,
+    08_case_causal_lm.ipynb).
+    """
     if hasattr(setup, "merge_names"):
         return list(setup.merge_names())
     pre = setup.pretrained()
@@ -200,7 +207,11 @@ def merge_names(setup) -> list[str]:
 
 
 def check_tasks(setup, tasks) -> tuple[str, ...]:
-    """``tasks`` (default: all of ``setup.tasks``) as a tuple; ValueError naming an unknown or repeated task."""
+    """``tasks`` (default: all of ``setup.tasks``) as a tuple; ValueError naming an unknown or repeated task.
+
+    Explained in notebooks 06, 07 and 08 (06_case_language.ipynb, 07_case_vision.ipynb,
+    08_case_causal_lm.ipynb).
+    """
     if tasks is None:
         return tuple(setup.tasks)
     if isinstance(tasks, str) or not isinstance(tasks, Sequence):
@@ -220,6 +231,9 @@ def delta_bytes(base: Mapping[str, torch.Tensor], body: Mapping[str, torch.Tenso
     Dense: every entry. Sparse: the non-zero entries' values plus their
     positions (a flat index each, or one bit per entry). A dense merge (task
     arithmetic) costs a whole body; a stitched one only its masked entries.
+
+    Explained in notebooks 06, 07 and 08 (06_case_language.ipynb, 07_case_vision.ipynb,
+    08_case_causal_lm.ipynb).
     """
     delta = {n: body[n].float() - base[n].float() for n in names}
     s = storage(delta)
@@ -229,7 +243,11 @@ def delta_bytes(base: Mapping[str, torch.Tensor], body: Mapping[str, torch.Tenso
 def mean_accuracy(setup, body, tasks: Sequence[str], split: str, batch_size: int = 64,
                   limit: int | None = None) -> dict[str, float]:
     """``{task: accuracy}`` of ``body`` on ``split`` of each task: ``setup.evaluate``, or, with ``limit``,
-    the accuracy on the split's first ``limit`` examples (the same rule as ``Setup.evaluate``)."""
+    the accuracy on the split's first ``limit`` examples (the same rule as ``Setup.evaluate``).
+
+    Explained in notebooks 06, 07 and 08 (06_case_language.ipynb, 07_case_vision.ipynb,
+    08_case_causal_lm.ipynb).
+    """
     out = {}
     for t in tasks:
         data = setup.task(t).split(split)
@@ -253,7 +271,11 @@ def _val_score(setup, tasks, batch_size, limit=None):
 
 
 def finetune_configs(setup, tasks: Sequence[str], seed: int) -> dict:
-    """Each task's default fine-tuning config with ``seed`` (seed 0 is the zoo's default, already cached)."""
+    """Each task's default fine-tuning config with ``seed`` (seed 0 is the zoo's default, already cached).
+
+    Explained in notebooks 06, 07 and 08 (06_case_language.ipynb, 07_case_vision.ipynb,
+    08_case_causal_lm.ipynb).
+    """
     return {t: setup.finetune_config_for(t).replace(seed=seed) for t in tasks}
 
 
@@ -264,6 +286,9 @@ def localize_trained_mask(setup, base, task_vector, task: str, density: float, s
     The logits start from the dataless top-``density`` (the paper's
     initialisation) and take ``config.loc_epochs * config.loc_batches`` Adam
     steps on the task's training examples, drawn in the order of ``seed``.
+
+    Explained in notebooks 06, 07 and 08 (06_case_language.ipynb, 07_case_vision.ipynb,
+    08_case_causal_lm.ipynb).
     """
     batches = setup.localization_batches(task, config.loc_batch_size, seed=seed)[:config.loc_batches]
     model = setup.build_body().to(setup.device)
@@ -470,6 +495,9 @@ def run_seed(setup, tasks: Sequence[str], finetune_seed: int, config: CaseStudyC
     ``casestudy``), keyed by the setup, the tasks, the fine-tune configs and
     only the fields of ``config`` that row depends on (:data:`ROW_DEPENDS`):
     changing TIES' grid recomputes the TIES row and nothing else.
+
+    Explained in notebooks 06, 07 and 08 (06_case_language.ipynb, 07_case_vision.ipynb,
+    08_case_causal_lm.ipynb).
     """
     s = _Seed(setup, tuple(tasks), finetune_seed, config)
     units = _units(methods, config)
@@ -501,7 +529,11 @@ def _check_config(config) -> CaseStudyConfig:
 
 def comparison_runs(setup, tasks: Sequence[str] | None = None, config: CaseStudyConfig | None = None,
                     methods: Sequence[str] = METHODS, refresh: bool = False):
-    """The per-run records of :func:`run_seed` for every fine-tune seed, as a DataFrame (each row cached)."""
+    """The per-run records of :func:`run_seed` for every fine-tune seed, as a DataFrame (each row cached).
+
+    Explained in notebooks 06, 07 and 08 (06_case_language.ipynb, 07_case_vision.ipynb,
+    08_case_causal_lm.ipynb).
+    """
     config = _check_config(config)
     tasks = check_tasks(setup, tasks)
     methods = _check_methods(methods)
@@ -519,6 +551,9 @@ def run_rows(setup, methods: Sequence[str], tasks: Sequence[str] | None = None,
     its own, so that no cell holds a whole table's work (a cold first run
     takes minutes per row on a laptop); :func:`comparison_table` then reads
     every row from the cache. Returns those rows' per-run records.
+
+    Explained in notebooks 06, 07 and 08 (06_case_language.ipynb, 07_case_vision.ipynb,
+    08_case_causal_lm.ipynb).
     """
     return comparison_runs(setup, tasks, config, methods, refresh)
 
@@ -531,6 +566,9 @@ def summarize(runs, tasks: Sequence[str]):
     (``average_std``, ``normalized_std``; NaN for a row of one run),
     ``storage_mb``, ``runs`` (how many runs the row averages) and
     ``choice`` (the hyperparameters chosen on validation, per fine-tune seed).
+
+    Explained in notebooks 06, 07 and 08 (06_case_language.ipynb, 07_case_vision.ipynb,
+    08_case_causal_lm.ipynb).
     """
     if len(runs) == 0:
         raise ValueError("runs is empty: there is nothing to summarize")
@@ -574,6 +612,9 @@ def comparison_table(setup, tasks: Sequence[str] | None = None, config: CaseStud
 
     ``config`` (:class:`CaseStudyConfig`) sets the seeds and the validation
     grids. The per-run records are in ``table.attrs["runs"]``.
+
+    Explained in notebooks 06, 07 and 08 (06_case_language.ipynb, 07_case_vision.ipynb,
+    08_case_causal_lm.ipynb).
     """
     tasks = check_tasks(setup, tasks)
     runs = comparison_runs(setup, tasks, config, methods, refresh)
@@ -584,7 +625,11 @@ def comparison_table(setup, tasks: Sequence[str] | None = None, config: CaseStud
 
 def ordering(table, rows: Sequence[str] = ("uniform averaging", "task arithmetic", "TIES",
                                            "Localize-and-Stitch (dataless)")) -> list[str]:
-    """The labels of ``rows`` sorted by the table's ``average``, best first (ties keep the given order)."""
+    """The labels of ``rows`` sorted by the table's ``average``, best first (ties keep the given order).
+
+    Explained in notebooks 06, 07 and 08 (06_case_language.ipynb, 07_case_vision.ipynb,
+    08_case_causal_lm.ipynb).
+    """
     missing = [r for r in rows if r not in table.index]
     if missing:
         raise ValueError(f"table has no row(s) {missing}")
@@ -593,10 +638,12 @@ def ordering(table, rows: Sequence[str] = ("uniform averaging", "task arithmetic
 
 # ----------------------------------------------------------------------------- for reading
 
-#: Average accuracy (%) over tasks that the papers report, keyed by our method keys (shared/REFERENCE.md).
-#: vision: CLIP ViT-B/32 on 8 tasks; Localize-and-Stitch and individual from He et al. 2025 (arXiv 2408.13656),
-#: the other rows as reported for the same 8 tasks in later work. text: roberta-base on 12 LM-BFF tasks, 64 shots.
-#: causal_lm: GPT2-XL, 3 public fine-tunes, scored on MMLU, ARC, TruthfulQA. Rows a paper does not report are absent.
+#: Average accuracy (%) over tasks that the papers report, keyed by our method keys; the book's page "Sources and
+#: licences" (book/sources.md) gives the paper, setup and row of each value. vision: CLIP ViT-B/32 on 8 tasks;
+#: Localize-and-Stitch and individual from He et al. 2025 (arXiv 2408.13656), the other rows are the standard
+#: eight-task values whose table is not established yet (see that page). text: roberta-base on 12 LM-BFF tasks,
+#: 64 shots. causal_lm: GPT2-XL, 3 public fine-tunes, scored on MMLU, ARC, TruthfulQA. Rows a paper does not
+#: report are absent.
 PAPER_AVERAGES = {
     "vision": {"pretrained": 48.0, "individual": 90.5, "multitask": 88.9, "averaging": 65.8, "task_arithmetic": 69.1,
                "ties": 72.4, "stitch_trained": 79.9},
@@ -612,6 +659,9 @@ def paper_comparison(table, setup_name: str):
     each setup's tasks are: ``... / individual`` (the row over the individual
     fine-tunes) and ``... gap closed (%)`` (:func:`gap_closed`; NaN where the
     paper reports no pretrained row).
+
+    Explained in notebooks 06, 07 and 08 (06_case_language.ipynb, 07_case_vision.ipynb,
+    08_case_causal_lm.ipynb).
     """
     if setup_name not in PAPER_AVERAGES:
         raise ValueError(f"setup_name must be one of {list(PAPER_AVERAGES)}, got {setup_name!r}")
@@ -634,7 +684,11 @@ def paper_comparison(table, setup_name: str):
 
 
 def pretty(table, digits: int = 1):
-    """The table for reading: accuracies in %, ``mean +- std`` where a row has several runs, storage in MB."""
+    """The table for reading: accuracies in %, ``mean +- std`` where a row has several runs, storage in MB.
+
+    Explained in notebooks 06, 07 and 08 (06_case_language.ipynb, 07_case_vision.ipynb,
+    08_case_causal_lm.ipynb).
+    """
     tasks = _task_columns(table)
 
     def pm(mean, std, scale):
@@ -666,6 +720,9 @@ def gap_closed(table, rows: Sequence[str]):
     """The share of the gap between the pretrained and the individual rows that each of ``rows`` closes.
 
     (average - pretrained) / (individual - pretrained), on the table's ``average`` column.
+
+    Explained in notebooks 06, 07 and 08 (06_case_language.ipynb, 07_case_vision.ipynb,
+    08_case_causal_lm.ipynb).
     """
     pre = float(table.loc[LABELS["pretrained"], "average"])
     ind = float(table.loc[LABELS["individual"], "average"])
@@ -673,7 +730,11 @@ def gap_closed(table, rows: Sequence[str]):
 
 
 def merge_summary(table, rows: Sequence[str] = MERGES + (LABELS["multitask"],)):
-    """Each merge (and multi-task learning): average accuracy and gap closed in %, storage, the choice made."""
+    """Each merge (and multi-task learning): average accuracy and gap closed in %, storage, the choice made.
+
+    Explained in notebooks 06, 07 and 08 (06_case_language.ipynb, 07_case_vision.ipynb,
+    08_case_causal_lm.ipynb).
+    """
     rows = [r for r in rows if r in table.index]
     return pd.DataFrame({
         "average (%)": 100 * table.loc[rows, "average"],
@@ -689,6 +750,9 @@ def ordering_steps(table, papers: Sequence[str] = PAPERS_ORDER):
     A DataFrame with one row per rank: ``papers`` (the papers' row at that
     rank), ``ours`` (ours), ``average (%)`` (ours) and ``step to next
     (points)``.
+
+    Explained in notebooks 06, 07 and 08 (06_case_language.ipynb, 07_case_vision.ipynb,
+    08_case_causal_lm.ipynb).
     """
     ours = ordering(table, tuple(papers)[::-1])  # equal averages keep the papers' reversed order, as before
     avg = [100 * float(table.loc[r, "average"]) for r in ours]
@@ -698,7 +762,11 @@ def ordering_steps(table, papers: Sequence[str] = PAPERS_ORDER):
 
 
 def stochastic_runs(table):
-    """The runs behind the rows that depend on a merge seed (DARE, trained masks): one line per run."""
+    """The runs behind the rows that depend on a merge seed (DARE, trained masks): one line per run.
+
+    Explained in notebooks 06, 07 and 08 (06_case_language.ipynb, 07_case_vision.ipynb,
+    08_case_causal_lm.ipynb).
+    """
     runs = table.attrs["runs"]
     tasks = [c.removeprefix("acc:") for c in runs.columns if c.startswith("acc:")]
     cols = ["row", "finetune_seed", "merge_seed", *[f"acc:{t}" for t in tasks], "average", "normalized", "choice"]
@@ -706,13 +774,21 @@ def stochastic_runs(table):
 
 
 def best_merge(table, rows: Sequence[str] = MERGES) -> str:
-    """The merge row with the best ``average`` (the first of equal ones)."""
+    """The merge row with the best ``average`` (the first of equal ones).
+
+    Explained in notebooks 06, 07 and 08 (06_case_language.ipynb, 07_case_vision.ipynb,
+    08_case_causal_lm.ipynb).
+    """
     rows = [r for r in rows if r in table.index]
     return max(rows, key=lambda r: float(table.loc[r, "average"]))
 
 
 def multitask_comparison(table):
-    """Per task: the pretrained body, multi-task learning, the best merge and the individual fine-tunes."""
+    """Per task: the pretrained body, multi-task learning, the best merge and the individual fine-tunes.
+
+    Explained in notebooks 06, 07 and 08 (06_case_language.ipynb, 07_case_vision.ipynb,
+    08_case_causal_lm.ipynb).
+    """
     tasks = _task_columns(table)
     rows = {"pretrained": LABELS["pretrained"], "multi-task": LABELS["multitask"],
             f"best merge ({best_merge(table)})": best_merge(table), "individual": LABELS["individual"]}
@@ -721,7 +797,11 @@ def multitask_comparison(table):
 
 
 def plot_table(table, what: str = "tasks"):
-    """The table's two bar charts side by side: mean accuracy and normalized accuracy over ``what``."""
+    """The table's two bar charts side by side: mean accuracy and normalized accuracy over ``what``.
+
+    Explained in notebooks 06, 07 and 08 (06_case_language.ipynb, 07_case_vision.ipynb,
+    08_case_causal_lm.ipynb).
+    """
     fig, axes = plt.subplots(1, 2, figsize=(13, 5), sharey=True)
     plot_comparison(table, ax=axes[0], column="average", title=f"mean test accuracy over the {what}")
     plot_comparison(table, ax=axes[1], column="normalized", title="normalized accuracy")
@@ -743,6 +823,9 @@ def plot_comparison(table, ax=None, title: str | None = None, column: str = "ave
 
     Reference rows (pretrained, individual, multi-task) are grey, merges blue.
     Returns the matplotlib Axes.
+
+    Explained in notebooks 06, 07 and 08 (06_case_language.ipynb, 07_case_vision.ipynb,
+    08_case_causal_lm.ipynb).
     """
     if column not in ("average", "normalized"):
         raise ValueError(f"column must be 'average' or 'normalized', got {column!r}")
@@ -772,7 +855,10 @@ def plot_comparison(table, ax=None, title: str | None = None, column: str = "ave
 
 def task_subsets(tasks: Sequence[str], size: int, limit: int, seed: int = 0) -> list[tuple[str, ...]]:
     """All subsets of ``size`` tasks (in ``tasks`` order) if there are at most ``limit``, else ``limit`` drawn
-    with ``seed`` without repetition."""
+    with ``seed`` without repetition.
+
+    Explained in notebook 09 (09_what_matters_at_scale.ipynb).
+    """
     if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= len(tasks):
         raise ValueError(f"size must be an int in [1, {len(tasks)}], got {size!r}")
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
@@ -798,6 +884,8 @@ def scaling_curve(setup, tasks: Sequence[str] | None = None, sizes: Sequence[int
     (the same, each divided by its own fine-tune's accuracy), ``choice``.
     Each row is cached per subset (:func:`run_seed`), so a subset of all the tasks shares its rows with
     :func:`comparison_table` when the configs agree.
+
+    Explained in notebook 09 (09_what_matters_at_scale.ipynb).
     """
     config = _check_config(config)
     tasks = check_tasks(setup, tasks)
@@ -821,7 +909,10 @@ def scaling_curve(setup, tasks: Sequence[str] | None = None, sizes: Sequence[int
 
 
 def plot_scaling(curve, column: str = "normalized", ax=None):
-    """Mean ``column`` over subsets against the number of merged tasks, one line per method (+-1 std band)."""
+    """Mean ``column`` over subsets against the number of merged tasks, one line per method (+-1 std band).
+
+    Explained in notebook 09 (09_what_matters_at_scale.ipynb).
+    """
     if ax is None:
         _, ax = plt.subplots(figsize=(6, 4))
     for row, g in curve.groupby("row", sort=False):

@@ -37,6 +37,9 @@ class Check:
 
     ``what`` completes the sentence "X must be ...". A check raises
     ``error`` (ValueError, or TypeError where the type is what is wrong).
+
+    Not called in a notebook: lsedu declares its configs with it (the zoo's, the merge
+    recipe's, and the case studies' config of notebook 07, 07_case_vision.ipynb).
     """
 
     def __init__(self, what: str, accept: Callable[[Any], bool], convert: Callable[[Any], Any] = lambda v: v,
@@ -75,30 +78,50 @@ def _bounds(low, high, low_open: bool, high_open: bool) -> tuple[str, Callable[[
 
 
 def integer(low: int | None = None, high: int | None = None) -> Check:
-    """An int (not a bool) in ``[low, high]``."""
+    """An int (not a bool) in ``[low, high]``.
+
+    Not called in a notebook: lsedu declares its configs with it (the zoo's, the merge
+    recipe's, and the case studies' config of notebook 07, 07_case_vision.ipynb).
+    """
     text, inside = _bounds(low, high, False, False)
     return Check(f"an int {text}".rstrip(), lambda v: _is_int(v) and inside(v), int)
 
 
 def number(low: float | None = None, high: float | None = None, *, low_open: bool = False,
            high_open: bool = False) -> Check:
-    """A finite int or float (not a bool) between ``low`` and ``high``; stored as a float."""
+    """A finite int or float (not a bool) between ``low`` and ``high``; stored as a float.
+
+    Not called in a notebook: lsedu declares its configs with it (the zoo's, the merge
+    recipe's, and the case studies' config of notebook 07, 07_case_vision.ipynb).
+    """
     text, inside = _bounds(low, high, low_open, high_open)
     return Check(f"a finite number {text}".rstrip(), lambda v: _is_number(v) and inside(v), float)
 
 
 def boolean() -> Check:
-    """True or False; anything else (a string such as ``"false"`` too) is a TypeError."""
+    """True or False; anything else (a string such as ``"false"`` too) is a TypeError.
+
+    Not called in a notebook: lsedu declares its configs with it (the zoo's, the merge
+    recipe's, and the case studies' config of notebook 07, 07_case_vision.ipynb).
+    """
     return Check("True or False", lambda v: isinstance(v, bool), error=TypeError)
 
 
 def choice(*options: str) -> Check:
-    """One of ``options``."""
+    """One of ``options``.
+
+    Not called in a notebook: lsedu declares its configs with it (the zoo's, the merge
+    recipe's, and the case studies' config of notebook 07, 07_case_vision.ipynb).
+    """
     return Check(f"one of {list(options)}", lambda v: isinstance(v, str) and v in options)
 
 
 def optional(check: Check) -> Check:
-    """None, or what ``check`` accepts."""
+    """None, or what ``check`` accepts.
+
+    Not called in a notebook: lsedu declares its configs with it (the zoo's, the merge
+    recipe's, and the case studies' config of notebook 07, 07_case_vision.ipynb).
+    """
     return Check(f"None or {check.what}", lambda v: v is None or check.accept(v),
                  lambda v: None if v is None else check.convert(v), check.error)
 
@@ -117,28 +140,48 @@ def _sequence_of(item: Check, unique: bool) -> Check:
 
 
 def integers(low: int | None = None, high: int | None = None, unique: bool = True) -> Check:
-    """A non-empty sequence of ints in ``[low, high]`` (no repeats when ``unique``); stored as a tuple."""
+    """A non-empty sequence of ints in ``[low, high]`` (no repeats when ``unique``); stored as a tuple.
+
+    Not called in a notebook: lsedu declares its configs with it (the zoo's, the merge
+    recipe's, and the case studies' config of notebook 07, 07_case_vision.ipynb).
+    """
     return _sequence_of(integer(low, high), unique)
 
 
 def numbers(low: float | None = None, high: float | None = None, *, low_open: bool = False,
             high_open: bool = False, unique: bool = False) -> Check:
-    """A non-empty sequence of finite numbers between ``low`` and ``high``; stored as a tuple of floats."""
+    """A non-empty sequence of finite numbers between ``low`` and ``high``; stored as a tuple of floats.
+
+    Not called in a notebook: lsedu declares its configs with it (the zoo's, the merge
+    recipe's, and the case studies' config of notebook 07, 07_case_vision.ipynb).
+    """
     return _sequence_of(number(low, high, low_open=low_open, high_open=high_open), unique)
 
 
 def checked(default: Any = dataclasses.MISSING, check: Check | None = None, **field_kwargs) -> Any:
-    """A dataclass field whose value :class:`Config` checks with ``check``."""
+    """A dataclass field whose value :class:`Config` checks with ``check``.
+
+    Not called in a notebook: lsedu declares its configs with it (the zoo's, the merge
+    recipe's, and the case studies' config of notebook 07, 07_case_vision.ipynb).
+    """
     return dataclasses.field(default=default, metadata={"check": check}, **field_kwargs)
 
 
 def check_arg(value, name: str, check: Check):
-    """``check`` applied to a function argument ``name``: the stored value, or an error naming ``name``."""
+    """``check`` applied to a function argument ``name``: the stored value, or an error naming ``name``.
+
+    Not called in a notebook: lsedu declares its configs with it (the zoo's, the merge
+    recipe's, and the case studies' config of notebook 07, 07_case_vision.ipynb).
+    """
     return check(value, name)
 
 
 class Config:
-    """Base of lsedu's frozen config dataclasses: field checks, ``to_dict`` and ``replace``."""
+    """Base of lsedu's frozen config dataclasses: field checks, ``to_dict`` and ``replace``.
+
+    Not called in a notebook: lsedu declares its configs with it (the zoo's, the merge
+    recipe's, and the case studies' config of notebook 07, 07_case_vision.ipynb).
+    """
 
     def __post_init__(self):
         cls = type(self).__name__

@@ -42,7 +42,7 @@ if [ ! -x .venv/bin/python ]; then
   fi
 fi
 
-# The laptop track's data from Debian packages (shared/ASSETS.md): quotes by topic and noun
+# The laptop track's data from Debian packages (book/sources.md lists each with its licence): quotes by topic and noun
 # definitions by category (text tasks), Fashion-MNIST (an image task).
 [ -f /usr/share/games/fortunes/science ] || need_system_package "fortunes" "quotes by topic, a text task"
 [ -f /usr/share/games/fortunes/fortunes ] || need_system_package "fortunes-min" "quotes by topic, a text task"

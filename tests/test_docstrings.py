@@ -22,8 +22,8 @@ ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = {p.name for p in (ROOT / "notebooks").glob("*.ipynb")}
 PAGES = {f"book/{p.name}" for p in (ROOT / "book").glob("*.md")}
 
-MODULES = ("task_vectors", "soups", "task_arithmetic", "ties", "dare", "localize_stitch", "analysis", "curves",
-           "explore", "exercises", "course", "quickstart", "train", "utils", "_checks")
+MODULES = ("task_vectors", "soups", "arithmetic", "ties", "drop_rescale", "localize_stitch", "analysis", "curves",
+           "explore", "exercises", "course", "quickstart", "train", "utils", "_checks", "casestudy", "config")
 #: Modules of ``lsedu.__all__`` whose docstrings are being given their notebook line on another branch.
 PENDING = ("lsedu.topk",)
 
