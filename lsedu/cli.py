@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .streaming import load_recipe, merge_checkpoints
+from .merge import load_recipe, merge_checkpoints
 
 
 def main(argv=None) -> int:

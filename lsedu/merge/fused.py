@@ -1,14 +1,31 @@
-"""Fused loops for ``lsedu merge``: one pass over memory where torch makes a dozen.
+"""The fast paths of ``lsedu merge``: numba loops, one pass over memory where torch makes a dozen.
 
-torch runs a merge as a chain of whole-tensor operations (subtract, abs,
-compare, where, sign, sum, divide ...), and each one is a pass over memory.
-On a laptop's two cores that chain, not the disk, was what limited the
-streaming merge: TIES made about twenty passes per entry and task. The loops
-below do the same float32 arithmetic, in the same order, one entry at a time,
-compiled by numba. Their results are bit-identical to the reference functions
-(``lsedu.ties._disjoint_mean``, ``lsedu.localize_stitch._stitched_vector``,
-``lsedu.task_arithmetic``), which stay the readable definitions; the tests
-compare the streamed merge with the in-memory one using ``torch.equal``.
+Each kernel here is the fast path of one readable lsedu function, which
+stays the definition; ``tests/test_fused.py`` checks each against its
+function, bit for bit, and ``tests/test_streaming.py`` the whole streamed
+merge against the in-memory one (``torch.equal``):
+
+=========================  ==========================================================
+kernel                     fast path of
+=========================  ==========================================================
+:func:`task_arithmetic`    :func:`lsedu.task_arithmetic.task_arithmetic`
+:func:`ties`               :func:`lsedu.ties.ties_merge` after its trim:
+                           :func:`~lsedu.ties.elect_sign`, :func:`~lsedu.ties.disjoint_mean`
+:func:`stitch`             :func:`lsedu.methods.stitch_dataless`: :func:`lsedu.stitch` with
+                           the masks of :func:`lsedu.localize_dataless`
+:func:`count_equal`,       counting and finding the ties of :class:`lsedu.topk.TieBudget`
+:func:`nth_equal`
+:func:`bracket_count`      one pass of :class:`lsedu.merge.thresholds.Bracketed`, whose
+                           result is :func:`lsedu.topk.kth_largest`'s (with the histogram
+                           of :meth:`lsedu.topk.RadixSelect.count` for a miss)
+=========================  ==========================================================
+
+Why they exist: torch runs a merge as a chain of whole-tensor operations
+(subtract, abs, compare, where, sign, sum, divide ...), and each one is a
+pass over memory. On a laptop's two cores that chain, not the disk, was what
+limited the streaming merge: TIES made about twenty passes per entry and
+task. The loops do the same float32 arithmetic, in the same order, one entry
+at a time.
 
 Every kernel takes ``b`` (the base's entries, float32, flat) and ``srcs``, a
 tuple of K flat float32 arrays: either the fine-tuned models' entries
@@ -16,13 +33,13 @@ tuple of K flat float32 arrays: either the fine-tuned models' entries
 (``is_tau=True``, e.g. after DARE's drop).
 
 A trim keeps ``|tau_i| > thr[i]``, and the entries equal to ``thr[i]`` if
-``allow[i]``. The caller decides ``allow`` for each run of entries, with
-:func:`count_equal` and :func:`nth_equal`, so that exactly k entries are kept
-in all, by the tie rule of :class:`lsedu.topk.TopKMasker` (the first ties in
-position order): a block that holds only some of the kept ties is cut, at
-the last tie kept, into a run that keeps its ties and one that does not. The loops over entries run on all cores (numba's
-``prange``): each entry is computed on its own, so the order of threads
-cannot change a result.
+``allow[i]``. The tie rule is :class:`lsedu.topk.TieBudget`'s, and only
+there: the caller (:class:`lsedu.merge.thresholds.Trim`) counts a block's
+ties with :func:`count_equal`, asks the budget how many it keeps, and cuts a
+block that keeps only some of them at the last one kept (:func:`nth_equal`)
+into a run that keeps its ties and one that does not. The loops over entries
+run on all cores (numba's ``prange``): each entry is computed on its own, so
+the order of threads cannot change a result.
 """
 
 from __future__ import annotations
@@ -40,14 +57,20 @@ def _tau(srcs, i, b, j, is_tau):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _kept(t, i, thr, allow):
+def _keeps(t, i, thr, allow):
+    """Whether the trim of task ``i`` keeps the entry ``t``: above the threshold, or a tie in a run that keeps ties."""
     a = abs(t)
-    return t if (a > thr[i]) | ((a == thr[i]) & allow[i]) else _ZERO
+    return (a > thr[i]) | ((a == thr[i]) & allow[i])
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _kept(t, i, thr, allow):
+    return t if _keeps(t, i, thr, allow) else _ZERO
 
 
 @njit(cache=True, nogil=True, parallel=True)
 def task_arithmetic(b, srcs, is_tau, lam, out):
-    """``out = b + lam * sum_i tau_i`` (Ilharco et al. 2023, Sec. 2)."""
+    """Fast path of ``lsedu.task_arithmetic.task_arithmetic``: ``out = b + lam * sum_i tau_i``."""
     lam32 = np.float32(lam)
     for j in prange(b.size):
         s = _ZERO
@@ -58,11 +81,13 @@ def task_arithmetic(b, srcs, is_tau, lam, out):
 
 @njit(cache=True, nogil=True, parallel=True)
 def ties(b, srcs, is_tau, thr, allow, lam, out):
-    """TIES (Yadav et al. 2023, Algorithm 1): trim, elect ``sign(sum_t tau_hat_t)``, disjoint mean, scale.
+    """Fast path of ``lsedu.ties.ties_merge`` after its trim: ``b + lam * disjoint_mean(tau_hat, elect_sign(tau_hat))``.
 
-    The election sums in float64, as :func:`lsedu.ties.elect_sign` does. The
-    mean of the entries that agree with the elected sign is the mean of the
-    kept positive entries (sign +1) or of the kept negative ones (sign -1).
+    ``tau_hat_i`` is ``tau_i`` trimmed at ``thr[i]`` (ties if ``allow[i]``).
+    The election (``lsedu.ties.elect_sign``) sums in float64, as the readable
+    function does. The disjoint mean (``lsedu.ties.disjoint_mean``) of the
+    entries that agree with the elected sign is the mean of the kept positive
+    entries (sign +1) or of the kept negative ones (sign -1).
     """
     lam32 = np.float32(lam)
     for j in prange(b.size):
@@ -81,17 +106,18 @@ def ties(b, srcs, is_tau, thr, allow, lam, out):
 
 @njit(cache=True, nogil=True, parallel=True)
 def stitch(b, srcs, is_tau, thr, allow, out, masks):
-    """Localize-and-Stitch (He et al. 2025, Sec. 3.2): ``b + sum_i gamma'_i tau_i``, overlaps averaged.
+    """Fast path of ``lsedu.methods.stitch_dataless``: ``b + sum_i gamma'_i tau_i``, overlaps averaged.
 
-    ``gamma_i`` is the dataless mask, the top-k of ``|tau_i|``; it is also
-    written to ``masks[i]`` so that it can be saved.
+    That is ``lsedu.localize_stitch.stitch`` with, as ``gamma_i``, the mask
+    of ``lsedu.localize_stitch.localize_dataless``,
+    the top-k of ``|tau_i|`` (``thr``, ``allow``); it is also written to
+    ``masks[i]`` so that it can be saved.
     """
     for j in prange(b.size):
         total, cover = _ZERO, _ZERO
         for i in range(len(srcs)):
             t = _tau(srcs, i, b, j, is_tau)
-            a = abs(t)
-            kept = (a > thr[i]) | ((a == thr[i]) & allow[i])
+            kept = _keeps(t, i, thr, allow)
             masks[i, j] = kept
             total += t if kept else _ZERO
             cover += _ONE if kept else _ZERO
@@ -100,7 +126,7 @@ def stitch(b, srcs, is_tau, thr, allow, out, masks):
 
 @njit(cache=True, nogil=True)
 def count_equal(b, srcs, is_tau, thr, counts):
-    """``counts[i] += #{j : |tau_i[j]| == thr[i]}``: how many ties at the threshold a block holds."""
+    """Fast path of ``(tau_i.abs() == thr[i]).sum()``, added to ``counts[i]``: the ties a block holds."""
     for i in range(len(srcs)):
         c, v = 0, thr[i]
         for j in range(b.size):
@@ -110,7 +136,7 @@ def count_equal(b, srcs, is_tau, thr, counts):
 
 @njit(cache=True, nogil=True)
 def nth_equal(b, src, is_tau, thr, nth):
-    """The position of the ``nth`` entry (1-based, in position order) with ``|tau| == thr``, or -1."""
+    """Fast path of ``torch.nonzero(tau.abs() == thr)[nth - 1]``: the ``nth`` tie (1-based), or -1."""
     seen = 0
     for j in range(b.size):
         t = src[j] if is_tau else src[j] - b[j]
@@ -123,14 +149,14 @@ def nth_equal(b, src, is_tau, thr, nth):
 
 @njit(cache=True, nogil=True)
 def bracket_count(b, srcs, is_tau, lo, hi, above, n_cand, cand, hist, scratch):
-    """One pass of an exact top-k whose threshold is known to lie in ``[lo[i], hi[i]]``.
+    """Fast path of one counting pass of ``lsedu.merge.thresholds.Bracketed`` (an exact top-k in a bracket).
 
     Counts the entries with ``|tau_i| > hi[i]`` into ``above[i]`` and copies
     those in ``[lo[i], hi[i]]`` into ``cand[i]`` (``n_cand[i]`` counts them,
     even past the buffer's end, so an overflow shows: ``cand`` needs one
     spare column). If ``hist`` has 65,536 columns, it also adds the histogram
-    of the high 16 bits of ``|tau_i|``, the first pass of
-    :class:`lsedu.topk.RadixSelect`, for when the bracket misses; ``scratch``
+    of the high 16 bits of ``|tau_i|``, as ``lsedu.topk.RadixSelect.count``
+    does, for when the bracket misses; ``scratch``
     holds ``n`` float32 values.
     """
     n, last = b.size, cand.shape[1] - 1
