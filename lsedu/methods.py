@@ -35,7 +35,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -209,14 +209,9 @@ DARE_THEN = Param(
     doc="the merge of the dropped vectors; with ties, density and trim_scope apply",
     why="Task arithmetic is the merge the DARE paper applies after the drop first (the case studies' row "
         "is DARE + task arithmetic); ties is mergekit's dare_ties.")
-DENSITY_TIES_AFTER_DARE = Param(
-    "density", 0.2, _DENSITY,
-    doc="with then: ties, the fraction the trim keeps",
-    why="TIES's own default (the paper's k = 20%).")
-TRIM_SCOPE_AFTER_DARE = Param(
-    "trim_scope", "global", choice("global", "per_tensor"), ("trim", "scope"),
-    doc="with then: ties, the scope of the trim",
-    why="TIES's own default.")
+# DARE then TIES passes these on to lsedu.ties_merge: TIES's own parameters, defaults and reasons.
+DENSITY_TIES_AFTER_DARE = replace(DENSITY_TIES, doc="with then: ties, " + DENSITY_TIES.doc)
+TRIM_SCOPE_AFTER_DARE = replace(TRIM_SCOPE, doc="with then: ties, " + TRIM_SCOPE.doc)
 DENSITY_STITCH = Param(
     "density", 0.01, _DENSITY,
     doc="fraction of each task vector kept by its mask (the top-k of |tau|, or the trained mask's size)",

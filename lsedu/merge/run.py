@@ -87,18 +87,6 @@ def _check_output(out: Path, inputs: Sequence[Path], overwrite: bool) -> None:
         raise ValueError(f"the output {out} exists and is not a folder")
 
 
-def _check_output(out: Path, inputs: Sequence[Path], overwrite: bool) -> None:
-    out = out.resolve()
-    for p in inputs:
-        p = p.resolve()
-        if out == p or out in p.parents:
-            raise ValueError(f"the output {out} would overwrite the input {p}; choose another output folder")
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"the output {out} already exists; remove it or pass --overwrite")
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"the output {out} exists and is not a folder")
-
-
 def _loaded_masks(recipe: MergeRecipe, base: Checkpoint, names: Sequence[str]) -> list | None:
     """The masks of ``masks: {load: [...]}``, checked to cover exactly the merged tensors, shapes included."""
     if recipe.load_masks is None:
