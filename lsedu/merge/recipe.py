@@ -106,6 +106,31 @@ def load_recipe(path: str | os.PathLike) -> MergeRecipe:
         shard_size: 2GB
     """
     path = Path(path)
+    raw = _read_mapping(path)
+    resolve = _Resolver(path)
+    masks = raw.get("masks") or {}
+    if not isinstance(masks, dict) or set(masks) - {"save", "load"}:
+        raise ValueError(f"{path}: masks must be a mapping with 'save: FOLDER' and/or 'load: [FILES]'")
+    parameters = raw.get("parameters") or {}
+    if not isinstance(parameters, dict):
+        raise TypeError(f"{path}: parameters must be a mapping")
+    return MergeRecipe(
+        merge_method=raw["merge_method"],
+        base_model=resolve(raw["base_model"], "base_model"),
+        models=_model_paths(raw["models"], resolve),
+        output=resolve(raw["output"], "output") if raw.get("output") else None,
+        parameters=parameters,
+        include=_patterns(raw, "include", path),
+        exclude=_patterns(raw, "exclude", path),
+        save_masks=resolve(masks["save"], "masks.save") if masks.get("save") else None,
+        load_masks=[resolve(p, f"masks.load[{i}]") for i, p in enumerate(masks["load"])] if masks.get("load") else None,
+        shard_size=parse_size(raw.get("shard_size", 2 * 1024**3)),
+        copy_files=check_arg(raw.get("copy_files", True), f"{path}: copy_files", boolean()),
+    )
+
+
+def _read_mapping(path: Path) -> dict:
+    """The recipe file as a mapping with the required fields and no unknown one."""
     if not path.exists():
         raise FileNotFoundError(f"recipe not found: {path}")
     try:
@@ -120,18 +145,28 @@ def load_recipe(path: str | os.PathLike) -> MergeRecipe:
     for required in ("merge_method", "base_model", "models"):
         if required not in raw:
             raise ValueError(f"{path}: the recipe has no {required!r}")
-    here = path.parent
+    return raw
 
-    def resolve(p, what: str) -> Path:
+
+class _Resolver:
+    """Paths in a recipe, relative to the recipe's folder; a value that is not a path names the field."""
+
+    def __init__(self, recipe: Path):
+        self.recipe = recipe
+
+    def __call__(self, p, what: str) -> Path:
         if not isinstance(p, (str, os.PathLike)):
-            raise TypeError(f"{path}: {what} must be a path, got {type(p).__name__}")
+            raise TypeError(f"{self.recipe}: {what} must be a path, got {type(p).__name__}")
         p = Path(p).expanduser()
-        return p if p.is_absolute() else here / p
+        return p if p.is_absolute() else self.recipe.parent / p
 
-    models = raw["models"]
+
+def _model_paths(models, resolve: _Resolver) -> list[Path]:
+    """``models: [{model: PATH}, ...]`` (or bare paths); per-model parameters other than weight 1 are refused."""
+    path = resolve.recipe
     if not isinstance(models, list):
         raise TypeError(f"{path}: models must be a list of {{model: PATH}} entries")
-    model_paths = []
+    out = []
     for i, entry in enumerate(models):
         if isinstance(entry, dict):
             extra = set(entry) - {"model", "parameters"}
@@ -141,36 +176,19 @@ def load_recipe(path: str | os.PathLike) -> MergeRecipe:
                 raise ValueError(f"{path}: models[{i}].parameters: per-model parameters are not supported; "
                                  "put density, lambda and the like under the top-level parameters")
             entry = entry["model"]
-        model_paths.append(resolve(entry, f"models[{i}]"))
-    masks = raw.get("masks") or {}
-    if not isinstance(masks, dict) or set(masks) - {"save", "load"}:
-        raise ValueError(f"{path}: masks must be a mapping with 'save: FOLDER' and/or 'load: [FILES]'")
-    parameters = raw.get("parameters") or {}
-    if not isinstance(parameters, dict):
-        raise TypeError(f"{path}: parameters must be a mapping")
+        out.append(resolve(entry, f"models[{i}]"))
+    return out
 
-    def patterns(key):
-        v = raw.get(key)
-        if v is None:
-            return None
-        v = [v] if isinstance(v, str) else v
-        if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
-            raise TypeError(f"{path}: {key} must be a glob pattern or a list of them")
-        return v
 
-    return MergeRecipe(
-        merge_method=raw["merge_method"],
-        base_model=resolve(raw["base_model"], "base_model"),
-        models=model_paths,
-        output=resolve(raw["output"], "output") if raw.get("output") else None,
-        parameters=parameters,
-        include=patterns("include"),
-        exclude=patterns("exclude"),
-        save_masks=resolve(masks["save"], "masks.save") if masks.get("save") else None,
-        load_masks=[resolve(p, f"masks.load[{i}]") for i, p in enumerate(masks["load"])] if masks.get("load") else None,
-        shard_size=parse_size(raw.get("shard_size", 2 * 1024**3)),
-        copy_files=check_arg(raw.get("copy_files", True), f"{path}: copy_files", boolean()),
-    )
+def _patterns(raw: dict, key: str, path: Path) -> list[str] | None:
+    """``include`` / ``exclude``: a glob pattern or a list of them."""
+    v = raw.get(key)
+    if v is None:
+        return None
+    v = [v] if isinstance(v, str) else v
+    if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+        raise TypeError(f"{path}: {key} must be a glob pattern or a list of them")
+    return v
 
 
 def _check_streamed() -> None:
