@@ -336,7 +336,7 @@ END = "<!-- end of the generated part -->"
 
 def book_block() -> str:
     """What ``book/methods.md`` holds between :data:`BEGIN` and :data:`END`: the table, then the reasons."""
-    return f"{BEGIN}\n\n{markdown_table()}\n### The defaults, and why\n\n{markdown_reasons()}\n{END}"
+    return f"{BEGIN}\n\n{markdown_table()}\n## The defaults, and why\n\n{markdown_reasons()}\n{END}"
 
 
 def generated_part(text: str, path: str = "book/methods.md") -> str:
