@@ -106,6 +106,9 @@ def _loaded_masks(recipe: MergeRecipe, base: Checkpoint, names: Sequence[str]) -
 # --- the merge -----------------------------------------------------------------
 @dataclass
 class MergeReport:
+    """What a merge did: the output folder, the method, the tensors merged of all, how many times each input byte
+    was read on average, the seconds it took, the bytes of the inputs and the mask files saved."""
+
     output: Path
     method: str
     tensors: int
