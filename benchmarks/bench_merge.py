@@ -50,7 +50,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lsedu.checkpoints import ShardedWriter  # noqa: E402
+from lsedu.merge.io import ShardedWriter  # noqa: E402
 
 SIZES = {  # n_layer, n_embd, n_head: the GPT-2 family
     "gpt2": (12, 768, 12),
@@ -122,8 +122,8 @@ print(total)
 
 IN_MEMORY = """
 import sys, lsedu
-from lsedu.checkpoints import Checkpoint
-from lsedu.checkpoints import ShardedWriter
+from lsedu.merge import Checkpoint
+from lsedu.merge.io import ShardedWriter
 paths, out = sys.argv[1:-1], sys.argv[-1]
 load = lambda p: {n: Checkpoint(p)[n].clone() for n in Checkpoint(p)}
 base = load(paths[0])
@@ -214,7 +214,7 @@ def main() -> None:
         return p
 
     plan = [
-        ("startup", "start-up only: python -c 'import lsedu.streaming'", [py, "-c", "import lsedu.streaming"], {}),
+        ("startup", "start-up only: python -c 'import lsedu.merge'", [py, "-c", "import lsedu.merge"], {}),
         ("io", "I/O floor: read every input once (buffered)", [py, "-c", IO_FLOOR, "buffered", *map(str, folders)], {}),
         ("io-direct", "I/O floor: read every input once (O_DIRECT)", [py, "-c", IO_FLOOR, "direct",
                                                                      *map(str, folders)], {}),

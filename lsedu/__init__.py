@@ -20,8 +20,12 @@ module                 what                                             notebook
 ``analysis``           ``mask_overlap``, ``density_per_layer``,          04, 05
                        ``sign_conflicts``, ``storage``
 ``topk``               exact global top-k in O(largest tensor) memory    04, 05
+``methods``            the registry: each method's name, function,       book
+                       parameters and defaults, data, label, grid
+``merge``              ``lsedu merge``: streamed merges of checkpoints   appendix
+                       larger than memory (``merge``, ``Checkpoint``)
 ``explore``            the sparsity and overlap explorers (widgets)      05
-``casestudy``          ``comparison_table``, ``scaling_curve``            07, 09
+``casestudy``          ``comparison_table``, ``scaling_curve``            06-09
 ``exercises``          ``check_*`` for the exercises                      02-05
 =====================  ===============================================  ========
 """

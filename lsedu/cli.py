@@ -10,7 +10,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .streaming import load_recipe, merge_checkpoints
+from . import methods
+from .merge import load_recipe, merge_checkpoints
 
 
 def main(argv=None) -> int:
@@ -19,7 +20,9 @@ def main(argv=None) -> int:
     m = sub.add_parser("merge", help="merge checkpoints as a YAML recipe says, streaming tensor by tensor",
                        description="Merge a base model and its fine-tunes as RECIPE says, reading one tensor name "
                                    "at a time, and write a sharded safetensors folder.")
-    m.add_argument("recipe", help="the YAML recipe (merge_method, base_model, models, parameters, output)")
+    runnable = [x.name for x in methods.METHODS if x.recipe]
+    m.add_argument("recipe", help="the YAML recipe (merge_method, base_model, models, parameters, output); "
+                                  f"merge_method is one of {', '.join(runnable)} (book/methods.md)")
     m.add_argument("-o", "--output", help="output folder (overrides the recipe's 'output')")
     m.add_argument("--overwrite", action="store_true", help="replace an existing output folder (never an input)")
     m.add_argument("--no-progress", action="store_true", help="no progress bars")

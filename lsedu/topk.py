@@ -11,7 +11,8 @@ mapping that loads its values lazily (the streaming merge reads checkpoints
 this way).
 
 Ties at the threshold are broken by tensor order, then by position, so that
-exactly ``k`` entries are selected.
+exactly ``k`` entries are selected: :class:`TieBudget` is that rule, the one
+place it is written.
 """
 
 from __future__ import annotations
@@ -135,24 +136,50 @@ class RadixSelect:
         return KthLargest(_value(key, self.by_abs), key, self.n_above_hi + n_above_lo, int(self.hist[lo]), self.k)
 
 
+class TieBudget:
+    """The tie rule of an exact top-k, defined once; every top-k of lsedu (and of ``lsedu merge``) uses it.
+
+    All entries above the k-th largest value are kept, and of the entries
+    *equal* to it the first ``k - n_greater`` in feed order (tensor order,
+    then position), so that exactly k are kept. The entries arrive in pieces
+    (tensors, or blocks of a tensor); :meth:`take` says how many of the next
+    piece's ties are kept: the first that many of them.
+    """
+
+    def __init__(self, kth: KthLargest):
+        self.left = kth.k - kth.n_greater  # ties still to keep
+        self.ahead = kth.n_equal  # ties not yet fed
+
+    def take(self, n_equal: int) -> int:
+        """Of the next piece's ``n_equal`` ties, how many are kept (its first ones)."""
+        kept = min(self.left, n_equal)
+        self.left -= kept
+        self.ahead -= n_equal
+        return kept
+
+    @property
+    def settled(self) -> bool:
+        """Every tie ahead is kept, or none is: a piece's ties need no counting (all or none of them)."""
+        return self.left == 0 or self.left >= self.ahead
+
+
 class TopKMasker:
-    """Pass 3: masks of the entries above the k-th key, plus the first ``k - n_greater`` ties, in feed order."""
+    """Pass 3: masks of the entries above the k-th key, plus the ties that :class:`TieBudget` keeps, in feed order."""
 
     def __init__(self, kth: KthLargest, by_abs: bool = True):
         self.kth, self.by_abs = kth, by_abs
-        self.take_equal = kth.k - kth.n_greater
+        self.ties = TieBudget(kth)
 
     def __call__(self, t: torch.Tensor) -> torch.Tensor:
         keys = _keys(t, self.by_abs)
         m = keys > self.kth.key
-        if self.take_equal > 0:
+        if self.ties.left > 0:
             eq = keys == self.kth.key
             n_eq = int(eq.sum())
-            if n_eq > self.take_equal:  # keep only the first take_equal ties, in position order
-                eq[torch.nonzero(eq).reshape(-1)[self.take_equal :]] = False
-                n_eq = self.take_equal
+            kept = self.ties.take(n_eq)
+            if kept < n_eq:  # keep only the first `kept` ties, in position order
+                eq[torch.nonzero(eq).reshape(-1)[kept:]] = False
             m |= eq
-            self.take_equal -= n_eq
         return m.reshape(t.shape)
 
 

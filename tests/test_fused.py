@@ -1,4 +1,11 @@
-"""The fused loops of ``lsedu merge`` are bit-identical to the reference functions they replace."""
+"""Each fast path of ``lsedu merge`` is bit-identical to the readable lsedu function it stands for.
+
+Kernel by kernel (``lsedu.merge.fused``, against the steps of the named
+function), then the whole fast path of a method, thresholds and tie runs
+included (``lsedu.merge.blocks`` and ``thresholds``, against the named
+function itself: ``lsedu.ties_merge``, ``lsedu.task_arithmetic``,
+``lsedu.methods.stitch_dataless``, ``lsedu.kth_largest``).
+"""
 
 from __future__ import annotations
 
@@ -8,9 +15,12 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lsedu import fused
-from lsedu.localize_stitch import _stitched_vector
-from lsedu.ties import _disjoint_mean, _elect_sign
+import lsedu
+from lsedu.merge import blocks as merge_blocks
+from lsedu.merge import fused, thresholds
+from lsedu.methods import stitch_dataless
+from lsedu.ties import disjoint_mean, elect_sign
+from lsedu.topk import RadixSelect, count_for_density
 
 # Few distinct values: zeros, ties at the threshold and opposite signs are common.
 values = st.sampled_from([0.0, 0.25, -0.25, 0.5, -0.5, 1.0, -1.0, 0.1, -0.3, 3e-8, -2.0])
@@ -42,7 +52,7 @@ def test_ties_kernel_equals_trim_elect_disjoint_mean(block):
     b, srcs, is_tau, thr, allow, lam = block
     bt, taus, masks = reference_parts(b, srcs, is_tau, thr, allow)
     trimmed = [{"x": t.masked_fill(~m, 0.0)} for t, m in zip(taus, masks)]
-    want = bt + lam * _disjoint_mean(trimmed, _elect_sign(trimmed))["x"]
+    want = bt + lam * disjoint_mean(trimmed, elect_sign(trimmed))["x"]
     out = np.empty_like(b)
     fused.ties(b, srcs, is_tau, thr, allow, lam, out)
     assert torch.equal(torch.from_numpy(out), want)
@@ -53,7 +63,7 @@ def test_ties_kernel_equals_trim_elect_disjoint_mean(block):
 def test_stitch_kernel_equals_stitched_vector_and_writes_the_masks(block):
     b, srcs, is_tau, thr, allow, _ = block
     bt, taus, masks = reference_parts(b, srcs, is_tau, thr, allow)
-    want = bt + _stitched_vector([{"x": t} for t in taus], [{"x": m} for m in masks])["x"]
+    want = lsedu.stitch({"x": bt}, [{"x": t} for t in taus], [{"x": m} for m in masks])["x"]
     out, got_masks = np.empty_like(b), np.empty((len(srcs), b.size), np.bool_)
     fused.stitch(b, srcs, is_tau, thr, allow, out, got_masks)
     assert torch.equal(torch.from_numpy(out), want)
@@ -68,9 +78,15 @@ def test_task_arithmetic_and_count_kernels(block):
     out = np.empty_like(b)
     fused.task_arithmetic(b, srcs, is_tau, lam, out)
     assert torch.equal(torch.from_numpy(out), bt + lam * sum(taus))
+    assert torch.equal(torch.from_numpy(out), lsedu.task_arithmetic({"x": bt}, [{"x": t} for t in taus], lam)["x"])
     counts = np.zeros(len(srcs), np.int64)
     fused.count_equal(b, srcs, is_tau, thr, counts)
     assert counts.tolist() == [int((t.abs() == float(th)).sum()) for t, th in zip(taus, thr)]
+    for i, (t, th) in enumerate(zip(taus, thr)):
+        ties = torch.nonzero(t.abs() == float(th)).reshape(-1).tolist()
+        for nth in (1, 2, len(ties) + 1):
+            want = ties[nth - 1] if nth <= len(ties) else -1
+            assert fused.nth_equal(b, srcs[i], is_tau, thr[i], nth) == want
 
 
 @settings(max_examples=100, deadline=None)
@@ -91,6 +107,9 @@ def test_bracket_count_counts_above_keeps_inside_and_histograms(block, lo, hi, c
             assert torch.equal(torch.from_numpy(cand[i, : inside.numel()]), inside)
         keys = a.view(torch.int32) >> 16
         assert torch.equal(torch.from_numpy(hist[i]), torch.bincount(keys.long(), minlength=1 << 16))
+        radix = RadixSelect()
+        radix.count(t)  # the first pass of the readable radix select
+        assert torch.equal(torch.from_numpy(hist[i]), radix.hist)
 
 
 @pytest.mark.parametrize("n", [1, 1000, 100_003])
@@ -105,3 +124,72 @@ def test_kernels_on_random_float32_match_to_the_bit(n):
     block = (bt.numpy(), tuple(f.numpy() for f in fts), False, thr, allow, 0.7)
     test_ties_kernel_equals_trim_elect_disjoint_mean.hypothesis.inner_test(block)
     test_stitch_kernel_equals_stitched_vector_and_writes_the_masks.hypothesis.inner_test(block)
+
+
+# --- a method's whole fast path against its readable function -------------------------------------------------
+def pieces(n: int, cuts: list[int]) -> list[tuple[int, int]]:
+    points = sorted({0, n, *(c % (n + 1) for c in cuts)})
+    return list(zip(points, points[1:]))
+
+
+def fast_path(method, b, srcs, is_tau, density, lam, cuts):
+    """Run ``method`` (a combine of lsedu.merge.blocks) over the block cut into pieces, as ``lsedu merge`` does:
+    exact thresholds of each task vector (``lsedu.kth_largest``), ties kept by the Trim's budget, piece by piece."""
+    blk = merge_blocks.Block(b, srcs, is_tau)
+    k = count_for_density(b.size, density)
+    trim = thresholds.Trim([lsedu.kth_largest({"x": t}, k) for t in blk.taus()])
+    steps = merge_blocks.Steps(method, lam=lam, density=density, trim="global")
+    out, masks = [], []
+    for a, z in pieces(b.size, cuts):
+        merged, made = method(merge_blocks.Block(b[a:z], tuple(s[a:z] for s in srcs), is_tau), steps, trim, None)
+        out.append(merged)
+        masks.append(made)
+    return torch.cat(out), masks
+
+
+densities = st.sampled_from([0.05, 0.3, 0.5, 0.9, 1.0])
+cut_lists = st.lists(st.integers(0, 40), max_size=4)
+
+
+@settings(max_examples=150, deadline=None)
+@given(blocks(), densities, cut_lists)
+def test_ties_fast_path_equals_ties_merge(block, density, cuts):
+    """Thresholds, the tie budget's runs and the kernel, over a block cut anywhere: ``lsedu.ties_merge``, bit for bit."""
+    b, srcs, is_tau, _, _, lam = block
+    got, _ = fast_path(merge_blocks.ties, b, srcs, is_tau, density, lam, cuts)
+    taus = merge_blocks.Block(b, srcs, is_tau).taus()
+    want = lsedu.ties_merge({"x": torch.from_numpy(b)}, [{"x": t} for t in taus], density, lam)["x"]
+    assert torch.equal(got, want)
+
+
+@settings(max_examples=150, deadline=None)
+@given(blocks(), densities, cut_lists)
+def test_stitch_fast_path_equals_dataless_stitch_and_its_masks(block, density, cuts):
+    b, srcs, is_tau, _, _, _ = block
+    got, made = fast_path(merge_blocks.stitch, b, srcs, is_tau, density, 1.0, cuts)
+    taus = merge_blocks.Block(b, srcs, is_tau).taus()
+    want = stitch_dataless({"x": torch.from_numpy(b)}, [{"x": t} for t in taus], density)["x"]
+    assert torch.equal(got, want)
+    masks = [lsedu.localize_dataless({"x": t}, density) for t in taus]
+    for i, m in enumerate(masks):
+        assert torch.equal(torch.cat([piece[i] for piece in made]), m["x"])
+
+
+@settings(max_examples=100, deadline=None)
+@given(blocks(), st.floats(0.0, 1.0))
+def test_bracketed_count_finds_kth_largest(block, where):
+    """The bracket-and-count pass (a bracket around the k-th value, or one that misses) agrees with
+    ``lsedu.kth_largest`` whenever it answers, and answers whenever the bracket holds the k-th value."""
+    b, srcs, is_tau, _, _, _ = block
+    blk = merge_blocks.Block(b, srcs, is_tau)
+    k = count_for_density(b.size, 0.3)
+    for i, t in enumerate(blk.taus()):
+        want = lsedu.kth_largest({"x": t}, k)
+        lo = float(np.quantile(t.abs().numpy(), where))
+        finder = thresholds.Bracketed([(lo, lo + 0.5, 1.0)], b.size, k, histograms=False)
+        finder.count(merge_blocks.Block(b, (srcs[i],), is_tau))
+        got = finder.result(0)
+        if lo <= want.value <= lo + 0.5:
+            assert got is not None
+        if got is not None:
+            assert (got.value, got.n_greater, got.n_equal, got.k) == (want.value, want.n_greater, want.n_equal, k)

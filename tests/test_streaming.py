@@ -16,8 +16,12 @@ import torch
 import yaml
 
 import lsedu
-from lsedu.checkpoints import Checkpoint, load_masks, save_masks
-from lsedu.streaming import load_recipe, merge
+import lsedu.merge.blocks
+import lsedu.merge.io
+import lsedu.merge.run
+import lsedu.merge.thresholds
+from lsedu import methods
+from lsedu.merge import Checkpoint, load_masks, load_recipe, merge, save_masks
 
 import transformers  # noqa: E402  (a dependency: a missing one must fail, not skip)
 
@@ -55,28 +59,32 @@ def load_all(ckpt):
 
 
 def in_memory(root: Path, method: str, params: dict):
-    """The same merge with the in-memory lsedu functions on fully loaded state dicts."""
+    """The same merge with the in-memory lsedu functions on fully loaded state dicts.
+
+    The recipe's parameters (any alias) are read as the registry reads them, defaults filled in.
+    """
     pre = load_all(Checkpoint(root / "base"))
     fts = [load_all(Checkpoint(root / f"ft{i}")) for i in range(3)]
     tvs = [lsedu.TaskVector.from_models(pre, ft) for ft in fts]
-    lam = params.get("lambda", 1.0)
+    p = methods.get(method).resolve(params)
     if method == "average":
         return lsedu.uniform_soup(fts)
     if method == "task_arithmetic":
-        return lsedu.task_arithmetic(pre, tvs, lam)
+        return lsedu.task_arithmetic(pre, tvs, p["lam"])
     if method == "ties":
-        return lsedu.ties_merge(pre, tvs, params["density"], lam, params.get("trim", "global"))
+        return lsedu.ties_merge(pre, tvs, p["density"], p["lam"], p["trim_scope"])
     if method == "dare":
-        extra = {"density": params["density"], "trim_scope": params.get("trim", "global")} if params["then"] == "ties" else {}
-        return lsedu.dare_merge(pre, tvs, params["p"], lam, params.get("seed", 0), params["then"], **extra)
+        extra = {"density": p["density"], "trim_scope": p["trim_scope"]} if p["then"] == "ties" else {}
+        return lsedu.dare_merge(pre, tvs, p["p"], p["lam"], p["seed"], p["then"], **extra)
     if method == "localize_stitch":
-        return lsedu.stitch(pre, tvs, [lsedu.localize_dataless(t, params["density"]) for t in tvs])
+        return lsedu.stitch(pre, tvs, [lsedu.localize_dataless(t, p["density"]) for t in tvs])
     raise AssertionError(method)
 
 
 CASES = [
     ("average", {}),
     ("task_arithmetic", {"lambda": 0.4}),
+    ("task_arithmetic", {}),  # the registry's default lambda, the same as lsedu.task_arithmetic's
     ("ties", {"density": 0.2, "lambda": 0.9}),
     ("ties", {"density": 0.3, "trim": "per_tensor"}),
     ("dare", {"p": 0.5, "then": "task_arithmetic", "seed": 3}),
@@ -119,12 +127,10 @@ def test_streaming_equals_in_memory_and_loads_in_transformers(gpt2_dir, method, 
 def test_chunked_tensors_merge_exactly_as_whole_ones(gpt2_dir, method, params, tmp_path, monkeypatch):
     """Big tensors are merged a block of rows at a time: with tiny chunks, every tensor is cut, and the
     result must not change (top-k ties and DARE draws included)."""
-    import lsedu.streaming
-
     whole = merge(recipe_file(gpt2_dir, method, params), tmp_path / "whole", progress=False)
-    monkeypatch.setattr(lsedu.streaming, "CHUNK_ENTRIES", 100)
-    monkeypatch.setattr(lsedu.streaming, "PER_TENSOR_WHOLE_ENTRIES", 100)
-    assert len(lsedu.streaming.chunks((100, 32))) == 34  # 3 rows of 32 a chunk
+    monkeypatch.setattr(lsedu.merge.blocks, "CHUNK_ENTRIES", 100)
+    monkeypatch.setattr(lsedu.merge.run, "PER_TENSOR_WHOLE_ENTRIES", 100)
+    assert len(lsedu.merge.blocks.chunks((100, 32))) == 34  # 3 rows of 32 a chunk
     masks = {"save": str(tmp_path / "masks")} if method == "localize_stitch" else None
     extra = {"masks": masks} if masks else {}
     cut = merge(recipe_file(gpt2_dir, method, params, **extra), tmp_path / "cut", progress=False)
@@ -163,12 +169,10 @@ def test_ties_at_the_threshold_keep_exactly_k(tied_dir, method, params, chunk, t
     """The fused kernels keep the ties of a block all or none at a time, and hand a block that keeps only
     some of its ties to the reference path: the result equals the in-memory merge, chunked or not, and the
     per-tensor trim of a tensor too big to rank whole (a sample brackets its threshold) too."""
-    import lsedu.streaming
-
     if chunk:
-        monkeypatch.setattr(lsedu.streaming, "CHUNK_ENTRIES", chunk)
-        monkeypatch.setattr(lsedu.streaming, "PER_TENSOR_WHOLE_ENTRIES", 4000)  # emb is cut, w is ranked whole
-    monkeypatch.setattr(lsedu.streaming, "SAMPLE_ENTRIES", 256)  # w (1,600 entries) is ranked from a sample
+        monkeypatch.setattr(lsedu.merge.blocks, "CHUNK_ENTRIES", chunk)
+        monkeypatch.setattr(lsedu.merge.run, "PER_TENSOR_WHOLE_ENTRIES", 4000)  # emb is cut, w is ranked whole
+    monkeypatch.setattr(lsedu.merge.thresholds, "SAMPLE_ENTRIES", 256)  # w (1,600 entries) is ranked from a sample
     recipe = {"merge_method": method, "base_model": "base.safetensors", "parameters": params, "output": "out",
               "models": [f"ft{i}.safetensors" for i in range(3)]}
     (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
@@ -192,12 +196,10 @@ def test_ties_at_the_threshold_keep_exactly_k(tied_dir, method, params, chunk, t
 def test_a_missed_bracket_still_gives_the_exact_threshold(gpt2_dir, tmp_path, monkeypatch, trim):
     """If the sample's bracket misses the k-th value, a radix select finds it (for a global trim, in one
     more read pass): the same result."""
-    import lsedu.streaming
-
     params = {"density": 0.2, "lambda": 0.9, "trim": trim}
-    monkeypatch.setattr(lsedu.streaming, "SAMPLE_ENTRIES", 64)  # per-tensor: every tensor is ranked from a sample
+    monkeypatch.setattr(lsedu.merge.thresholds, "SAMPLE_ENTRIES", 64)  # per-tensor: every tensor is ranked from a sample
     good = merge(recipe_file(gpt2_dir, "ties", params), tmp_path / "good", progress=False)
-    monkeypatch.setattr(lsedu.streaming, "_bracket", lambda sample, n, k: (1e3, 2e3, 0.0))  # above every entry
+    monkeypatch.setattr(lsedu.merge.thresholds, "bracket", lambda sample, n, k: (1e3, 2e3, 0.0))  # above every entry
     missed = merge(recipe_file(gpt2_dir, "ties", params), tmp_path / "missed", progress=False)
     if trim == "global":
         assert 3 < missed.read_passes < 3.25 and good.read_passes < 2.25
@@ -258,17 +260,15 @@ def test_save_and_load_masks_roundtrip(tmp_path):
 def test_checkpoint_reads_whole_tensors_and_rows_exactly(tmp_path, monkeypatch, direct):
     """Checkpoint.read (preadv, O_DIRECT for big reads, into a reused buffer) gives what safetensors gives,
     for any dtype and offset, whether the file system takes O_DIRECT or refuses it."""
-    import lsedu.checkpoints
-
     g = torch.Generator().manual_seed(0)
     sd = {"a": torch.randn(3, 5, generator=g).to(torch.bfloat16), "b": torch.randn(7, 3, generator=g),
           "c": torch.randint(0, 9, (5,), generator=g), "d": torch.randn(2000, 3, generator=g).to(torch.float16),
           "e": torch.randn(()), "f": torch.randn(0, 4)}
     st.save_file(sd, tmp_path / "m.safetensors")
-    monkeypatch.setattr(lsedu.checkpoints, "DIRECT_MIN_BYTES", 0)
+    monkeypatch.setattr(lsedu.merge.io, "DIRECT_MIN_BYTES", 0)
     if not direct:
         real_open = os.open
-        monkeypatch.setattr(lsedu.checkpoints.os, "open", lambda f, flags, *a: (
+        monkeypatch.setattr(lsedu.merge.io.os, "open", lambda f, flags, *a: (
             (_ for _ in ()).throw(OSError(22, "no O_DIRECT here")) if flags & getattr(os, "O_DIRECT", 0)
             else real_open(f, flags, *a)))
     ckpt = Checkpoint(tmp_path / "m.safetensors")
@@ -289,16 +289,13 @@ def test_checkpoint_reads_whole_tensors_and_rows_exactly(tmp_path, monkeypatch, 
 
 def test_inputs_larger_than_memory_are_read_past_the_page_cache(gpt2_dir, tmp_path, monkeypatch):
     """When the inputs would not fit in the page cache, blocks are read with O_DIRECT: same result."""
-    import lsedu.checkpoints
-    import lsedu.streaming
-
     params = {"density": 0.2, "lambda": 0.9}
     cached = merge(recipe_file(gpt2_dir, "ties", params), tmp_path / "cached", progress=False)
-    monkeypatch.setattr(lsedu.checkpoints, "DIRECT_MIN_BYTES", 0)
-    monkeypatch.setattr(lsedu.streaming.psutil, "virtual_memory", lambda: type("M", (), {"available": 1000})())
+    monkeypatch.setattr(lsedu.merge.io, "DIRECT_MIN_BYTES", 0)
+    monkeypatch.setattr(lsedu.merge.run.psutil, "virtual_memory", lambda: type("M", (), {"available": 1000})())
     direct_reads = []
-    real = lsedu.checkpoints.Checkpoint._read_direct
-    monkeypatch.setattr(lsedu.checkpoints.Checkpoint, "_read_direct",
+    real = lsedu.merge.io.Checkpoint._read_direct
+    monkeypatch.setattr(lsedu.merge.io.Checkpoint, "_read_direct",
                         lambda self, *a: direct_reads.append(real(self, *a)) or direct_reads[-1])
     direct = merge(recipe_file(gpt2_dir, "ties", params), tmp_path / "direct", progress=False)
     assert direct_reads and all(r is not None for r in direct_reads)  # every one went past the page cache
@@ -309,7 +306,7 @@ def test_inputs_larger_than_memory_are_read_past_the_page_cache(gpt2_dir, tmp_pa
 @pytest.mark.parametrize("shard", [40_000, 10**9], ids=["shards", "one-file"])
 def test_direct_writes_give_the_same_bytes(tmp_path, shard):
     """ShardedWriter with O_DIRECT (staged, page-padded, cut to size) writes the very bytes of a buffered write."""
-    from lsedu.checkpoints import ShardedWriter, _DirectFile
+    from lsedu.merge.io import ShardedWriter, _DirectFile
 
     g = torch.Generator().manual_seed(0)
     sd = {f"t{i}": torch.randn(int(n), generator=g) for i, n in enumerate([1, 5000, 777, 4096, 12_345, 3])}
@@ -379,10 +376,16 @@ def test_bad_checkpoints_are_named_and_nothing_is_written(tmp_path, ft, match):
 BAD_RECIPES = [
     ({"merge_method": "tie"}, ValueError, r"merge_method must be one of"),
     ({"methd": "ties"}, ValueError, r"unknown field\(s\) \['methd'\]"),
-    ({"parameters": {"density": 0}}, ValueError, r"parameters\.density must lie in \(0, 1\]"),
+    ({"parameters": {"density": 0}}, ValueError, r"parameters\.density must be a finite number in \(0, 1\], got 0"),
     ({"parameters": {"density": 0.2, "p": 0.5}}, ValueError, r"parameters \['p'\] do not apply to merge_method 'ties'"),
-    ({"parameters": {"trim": "layer"}}, ValueError, r"parameters\.trim must be 'global' or 'per_tensor'"),
-    ({"merge_method": "dare", "parameters": {"p": 1.0}}, ValueError, r"parameters\.p must lie in \[0, 1\)"),
+    ({"parameters": {"trim": "layer"}}, ValueError,
+     r"parameters\.trim must be one of \['global', 'per_tensor'\], got 'layer'"),
+    ({"merge_method": "dare", "parameters": {"p": 1.0}}, ValueError, r"parameters\.p must be a finite number in \[0, 1\), got 1\.0"),
+    ({"parameters": {"lambda": 1.0, "lam": 0.5}}, ValueError, r"parameters gives lam twice, as \['lam', 'lambda'\]"),
+    ({"merge_method": "dare", "parameters": {"seed": "0"}}, ValueError, r"parameters\.seed must be an int, got '0'"),
+    ({"merge_method": "stitch_trained"}, ValueError,
+     r"merge_method 'stitch_trained' cannot run from a recipe: it trains each task's mask on labeled examples"),
+    ({"copy_files": "no"}, TypeError, r"r\.yaml: copy_files must be True or False, got 'no'"),
     ({"models": []}, ValueError, r"models is empty"),
     ({"models": [{"model": "ft0", "parameters": {"density": 0.5}}]}, ValueError, r"models\[0\]\.parameters"),
     ({"base_model": "nowhere"}, FileNotFoundError, r"checkpoint not found: .*nowhere"),
@@ -486,4 +489,4 @@ def test_per_tensor_ties_agrees_with_mergekit(gpt2_dir, tmp_path):
 def test_recipe_paths_are_relative_to_the_recipe(gpt2_dir):
     r = load_recipe(recipe_file(gpt2_dir, "ties", {"density": 0.2}))
     assert r.base_model == gpt2_dir / "base" and r.models[2] == gpt2_dir / "ft2"
-    assert r.parameters == {"density": 0.2, "lambda": 1.0, "trim": "global"}
+    assert r.parameters == {"density": 0.2, "lam": 1.0, "trim_scope": "global"}  # keywords; the registry's defaults

@@ -1,4 +1,4 @@
-"""Checkpoints on disk, read lazily; merged checkpoints written tensor by tensor.
+"""The I/O of ``lsedu merge``: checkpoints read lazily, merged ones written tensor by tensor, both overlapped with the merge.
 
 * :class:`Checkpoint` is a read-only ``Mapping`` of name -> tensor over a
   ``.safetensors`` file, a Hugging Face folder (sharded or not) or a pickled
@@ -11,6 +11,9 @@
   buffered. The result is what ``transformers``' ``from_pretrained`` reads.
 * :func:`save_masks` / :func:`load_masks` store boolean masks bit-packed
   (one bit per entry) in a safetensors file.
+* :class:`Reader`, :func:`prefetch` and :class:`WriteBehind` keep the disk
+  busy while the cores merge: the next unit is read, and the last one
+  written, in threads (reads and the merge kernels release the GIL).
 """
 
 from __future__ import annotations
@@ -22,13 +25,14 @@ import os
 import struct
 import sys
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import torch
 from safetensors import safe_open
 
-from ._checks import Mask
+from .._checks import Mask, all_finite, check_tensor_dict
 
 SAFETENSORS_DTYPES = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
@@ -496,8 +500,6 @@ class MaskWriter:
 
 def save_masks(mask: Mapping[str, torch.Tensor], path: str | os.PathLike, **metadata: str) -> Path:
     """Save one bool mask per tensor, bit-packed (1 bit an entry), as a safetensors file."""
-    from ._checks import check_tensor_dict
-
     check_tensor_dict(mask, "mask")
     for n, m in mask.items():
         if m.dtype != torch.bool:
@@ -533,3 +535,99 @@ def load_masks(path: str | os.PathLike) -> Mask:
             bits = np.unpackbits(f.get_tensor(name).numpy(), count=n)
             out[name] = torch.from_numpy(bits.astype(bool)).reshape(shape)
     return out
+
+
+# --- overlapping the disk and the cores ---------------------------------------------------------------
+class Unit(list):
+    """The tensors of one unit, one per checkpoint, and whether each is free of NaN and inf."""
+
+    finite: list[bool]
+
+
+class Reader:
+    """Reads tensor ``name`` (rows ``rows``) from every checkpoint, and counts the bytes: the I/O of one unit.
+
+    It runs in :func:`prefetch`'s thread, so it also checks the tensors for
+    NaN and inf there (:attr:`Unit.finite`), off the main thread. The tensors
+    it returns live in its buffers, which it reuses round-robin: a unit is
+    valid until the reader has been called ``ring - 1`` more times. That is
+    enough for :func:`prefetch`, which reads one unit ahead: it asks for
+    unit i + 1 only once the caller is done with unit i - 1. One reader
+    serves one :func:`prefetch` loop at a time.
+    """
+
+    def __init__(self, ring: int = 2):
+        self.bytes = 0
+        # Buffers reused round-robin: while one unit is merged, prefetch's thread reads the next one.
+        self._ring: list[list[torch.Tensor]] = [[] for _ in range(ring)]
+        self._slot = 0
+
+    def __call__(self, name: str, rows, ckpts: Sequence[Checkpoint]) -> Unit:
+        bufs = self._ring[self._slot]
+        self._slot = (self._slot + 1) % len(self._ring)
+        out = Unit()
+        for j, c in enumerate(ckpts):
+            need = c.part_nbytes(name, rows) + READ_SLACK  # room to align a direct read to whole pages
+            if j == len(bufs):
+                bufs.append(torch.empty(0, dtype=torch.uint8))
+            if bufs[j].numel() < need:
+                bufs[j] = torch.empty(need, dtype=torch.uint8)
+            out.append(c.read(name, rows, into=bufs[j]))
+        out.finite = [all_finite(t) for t in out]
+        self.bytes += sum(t.numel() * t.element_size() for t in out)
+        return out
+
+
+def prefetch(units, load):
+    """Yield ``(unit, load(unit))``, loading the next unit in a thread while the caller computes.
+
+    Reading (a copy out of the memory-mapped file) and the merge kernels both
+    release the GIL, so the disk and the cores work at the same time; one
+    unit ahead keeps the extra memory to one unit.
+    """
+    units = list(units)
+    if not units:
+        return
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        ahead = pool.submit(load, units[0])
+        for i, unit in enumerate(units):
+            data = ahead.result()
+            if i + 1 < len(units):
+                ahead = pool.submit(load, units[i + 1])
+            yield unit, data
+
+
+class WriteBehind:
+    """Hands each output block to a thread that writes it while the next block is merged.
+
+    One write is in flight at a time, and an error in it surfaces at the next
+    call. The tensors handed over must not change afterwards (the merge's
+    outputs are fresh; a copied input is cloned out of the reader's buffers).
+    """
+
+    def __init__(self, writer: ShardedWriter):
+        self.writer = writer
+        self._pool = ThreadPoolExecutor(max_workers=1)
+        self._pending = None
+
+    def write(self, name: str, tensor: torch.Tensor) -> None:
+        self.wait()
+        self._pending = self._pool.submit(self.writer.write, name, tensor)
+
+    def wait(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
+    def close(self) -> None:
+        self.wait()
+        self._pool.shutdown()
+        self.writer.close()
+
+    def abort(self) -> None:
+        try:
+            self.wait()
+        except BaseException:  # noqa: BLE001  (the merge is failing already: report its error, not this one)
+            pass
+        self._pool.shutdown()
+        self.writer.abort()

@@ -1,0 +1,174 @@
+"""How ``lsedu merge`` merges one block of a tensor: the steps of each recipe method, and the blocks they run on.
+
+A tensor is merged whole, or a block of rows at a time when it is large
+(:func:`chunks`), so that memory is bounded by the block, not the tensor.
+Each recipe method is a :class:`Steps`: DARE's drop (or none), an exact
+top-k trim of each task vector (global, per tensor, or none) and one
+*combine*, which turns a :class:`Block` into merged entries with the fast
+path of the method's readable function (:mod:`lsedu.merge.fused`) or with
+that function itself. :data:`STREAMED` gives the steps of every method of
+the registry (:mod:`lsedu.methods`) that a recipe can run.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+
+from ..drop_rescale import drop_and_rescale
+from ..localize_stitch import stitch as stitch_reference
+from ..soups import uniform_soup
+from . import fused
+from .io import Checkpoint, Unit
+
+#: Tensors larger than this many entries are merged a block of rows at a time, so that the
+#: temporaries of a 50,000-token embedding stay small: memory is bounded by the chunk, not the tensor.
+CHUNK_ENTRIES = 1 << 22
+
+
+def chunks(shape: tuple[int, ...], chunk: int | None = None) -> list[tuple[int, int] | None]:
+    """Row ranges along the first dimension covering a tensor, or ``[None]`` for one piece."""
+    chunk = CHUNK_ENTRIES if chunk is None else chunk
+    numel = math.prod(shape)
+    if len(shape) == 0 or numel <= chunk:
+        return [None]
+    row = numel // shape[0] if shape[0] else 1
+    step = max(1, chunk // max(row, 1))
+    return [(a, min(a + step, shape[0])) for a in range(0, shape[0], step)]
+
+
+@dataclass
+class Block:
+    """One unit's entries, flat float32, as the fused kernels take them.
+
+    ``srcs`` are the fine-tuned models' entries (``is_tau=False``) or, after
+    DARE's drop, the task vectors themselves (``is_tau=True``).
+    """
+
+    b: np.ndarray
+    srcs: tuple[np.ndarray, ...]
+    is_tau: bool
+
+    def taus(self) -> list[torch.Tensor]:
+        b = torch.from_numpy(self.b)
+        return [torch.from_numpy(s) if self.is_tau else torch.from_numpy(s) - b for s in self.srcs]
+
+
+def check_finite(name: str, raw: Unit, ckpts: Sequence[Checkpoint]) -> None:
+    """No NaN or inf in the unit ``raw`` of tensor ``name``; the error names the file."""
+    for ok, t, ckpt in zip(raw.finite, raw, ckpts):
+        if not ok:
+            raise ValueError(f"tensor {name!r} in {ckpt.file_of(name)} has {int((~torch.isfinite(t)).sum())} "
+                             "non-finite value(s) (NaN or inf)")
+
+
+def _flat32(t: torch.Tensor) -> np.ndarray:
+    return t.float().reshape(-1).contiguous().numpy()
+
+
+@dataclass(frozen=True)
+class Drop:
+    """DARE's drop (``lsedu.dare``): task vector i drops each entry with probability ``p``, seed ``seed + i``."""
+
+    p: float
+    seed: int
+
+
+def block(name: str, rows, raw: Unit, ckpts: Sequence[Checkpoint], drop: Drop | None, check: bool = True) -> Block:
+    """The base's and the models' entries of tensor ``name`` (rows ``rows``), after DARE's ``drop`` if any.
+
+    ``raw`` is what :class:`lsedu.merge.io.Reader` returned for ``ckpts = [base, *models]``.
+    ``check``: look for NaN and inf (the first pass over the inputs does; later passes read the same bytes).
+    The drop is :func:`lsedu.drop_rescale.drop_and_rescale` itself, on this block's slice of the tensor's draws.
+    """
+    if check:
+        check_finite(name, raw, ckpts)
+    b = _flat32(raw[0])
+    if drop is None:
+        return Block(b, tuple(_flat32(t) for t in raw[1:]), False)
+    shape, bt = ckpts[0].shape(name), torch.from_numpy(b)
+    numel = math.prod(shape)
+    start = 0 if rows is None else rows[0] * (numel // shape[0])
+    taus = [drop_and_rescale(torch.from_numpy(_flat32(t)) - bt, drop.p, drop.seed + i, name, numel, start)
+            for i, t in enumerate(raw[1:])]
+    return Block(b, tuple(t.numpy() for t in taus), True)
+
+
+# --- the combines: one block of entries -> merged float32 entries (and the masks used) -----------------------
+# Each takes (blk, steps, trim, masks): ``trim`` (lsedu.merge.thresholds.Trim) holds the exact top-k thresholds
+# and their tie runs; ``masks`` the block's part of the masks read from disk (masks.load), else None.
+def average(blk: Block, steps: Steps, trim, masks) -> tuple[torch.Tensor, list]:
+    """``lsedu.uniform_soup`` itself, on the block's fine-tuned entries."""
+    return uniform_soup([{"x": torch.from_numpy(s)} for s in blk.srcs])["x"], []
+
+
+def task_arithmetic(blk: Block, steps: Steps, trim, masks) -> tuple[torch.Tensor, list]:
+    """``b + lam * sum_i tau_i``: the fast path ``fused.task_arithmetic``."""
+    out = np.empty(blk.b.size, np.float32)
+    fused.task_arithmetic(blk.b, blk.srcs, blk.is_tau, steps.lam, out)
+    return torch.from_numpy(out), []
+
+
+def ties(blk: Block, steps: Steps, trim, masks) -> tuple[torch.Tensor, list]:
+    """TIES on the trimmed block: the fast path ``fused.ties``, one run of ties kept or not at a time."""
+    out = np.empty(blk.b.size, np.float32)
+    for a, z, allow in trim.runs(blk):
+        fused.ties(blk.b[a:z], tuple(s[a:z] for s in blk.srcs), blk.is_tau, trim.thr, allow, steps.lam, out[a:z])
+    return torch.from_numpy(out), []
+
+
+def stitch(blk: Block, steps: Steps, trim, masks) -> tuple[torch.Tensor, list]:
+    """Localize-and-Stitch with the dataless masks of the trim: the fast path ``fused.stitch`` (masks returned)."""
+    out = np.empty(blk.b.size, np.float32)
+    made = np.empty((len(blk.srcs), blk.b.size), np.bool_)
+    for a, z, allow in trim.runs(blk):
+        fused.stitch(blk.b[a:z], tuple(s[a:z] for s in blk.srcs), blk.is_tau, trim.thr, allow, out[a:z],
+                     made[:, a:z])
+    return torch.from_numpy(out), [torch.from_numpy(m) for m in made]
+
+
+def stitch_with_masks(blk: Block, steps: Steps, trim, masks) -> tuple[torch.Tensor, list]:
+    """Localize-and-Stitch with masks read from disk: ``lsedu.stitch`` itself."""
+    flat = [m.reshape(-1) for m in masks]
+    merged = stitch_reference({"x": torch.from_numpy(blk.b)}, [{"x": t} for t in blk.taus()], [{"x": m} for m in flat])
+    return merged["x"], masks
+
+
+@dataclass(frozen=True)
+class Steps:
+    """What ``lsedu merge`` does to every block for one recipe: ``drop``, then a ``trim``, then ``combine``.
+
+    ``trim`` is ``"global"`` (each task vector's exact top-``density`` over
+    all merged tensors: a sample and one extra read pass), ``"per_tensor"``
+    (within each tensor) or None; ``lam`` scales the merged vector.
+    """
+
+    combine: Callable[[Block, Steps, object, object], tuple[torch.Tensor, list]]
+    lam: float = 1.0
+    density: float | None = None
+    trim: str | None = None
+    drop: Drop | None = None
+
+
+def _dare(p: dict) -> Steps:
+    return replace(STREAMED[p["then"]](p), drop=Drop(p["p"], p["seed"]))
+
+
+#: The steps of each method a recipe can run, by its name in :mod:`lsedu.methods`, from its resolved parameters.
+STREAMED: dict[str, Callable[[dict], Steps]] = {
+    "average": lambda p: Steps(average),
+    "task_arithmetic": lambda p: Steps(task_arithmetic, lam=p["lam"]),
+    "ties": lambda p: Steps(ties, lam=p["lam"], density=p["density"], trim=p["trim_scope"]),
+    "dare": _dare,
+    "localize_stitch": lambda p: Steps(stitch, density=p["density"], trim="global"),
+}
+
+
+def steps_of(method: str, params: dict, masks_loaded: bool = False) -> Steps:
+    """The :class:`Steps` of ``method`` (a registry name) with ``params``; stitching with loaded masks trims nothing."""
+    steps = STREAMED[method](params)
+    return replace(steps, combine=stitch_with_masks, trim=None) if masks_loaded else steps
