@@ -35,7 +35,6 @@ several cells.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import itertools
 import math
@@ -48,9 +47,10 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from . import __version__
+from . import __version__, methods
 from .analysis import storage
 from .arithmetic import pick_lambda, task_arithmetic
+from .config import Config, boolean, checked, choice, integer, integers, number, numbers, optional
 from .drop_rescale import dare_merge
 from .localize_stitch import localize_dataless, localize_trained, stitch
 from .soups import uniform_soup
@@ -59,59 +59,39 @@ from .ties import ties_merge
 from .zoo.base import normalized_accuracy
 from .zoo.cache import cached
 
-#: Method keys, in the order of the table's rows.
-METHODS = ("pretrained", "finetuned", "multitask", "averaging", "task_arithmetic", "ties", "dare",
-           "stitch_dataless", "stitch_trained")
+#: Method keys, in the order of the table's rows: the three references, then the merge methods of the registry
+#: (:mod:`lsedu.methods`), whose keys, labels and validation grids live there.
+METHODS = ("pretrained", "finetuned", "multitask", *methods.labels())
 
 #: Row labels of the methods (``finetuned`` gives one row per task plus the "individual" row).
 LABELS = {
     "pretrained": "pretrained",
     "individual": "individual fine-tunes (each on its own task)",
     "multitask": "multi-task learning",
-    "averaging": "uniform averaging",
-    "task_arithmetic": "task arithmetic",
-    "ties": "TIES",
-    "dare": "DARE + task arithmetic",
-    "stitch_dataless": "Localize-and-Stitch (dataless)",
-    "stitch_trained": "Localize-and-Stitch (trained)",
+    **methods.labels(),
 }
 
 #: Methods whose result depends on a merge seed (DARE's drops, trained localization's batch order).
 STOCHASTIC = ("dare", "stitch_trained")
 
-
-def _ints(value, arg: str, low: int = 0) -> tuple[int, ...]:
-    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or not value:
-        raise ValueError(f"CaseStudyConfig.{arg} must be a non-empty tuple of ints, got {value!r}")
-    for v in value:
-        if isinstance(v, bool) or not isinstance(v, int) or v < low:
-            raise ValueError(f"CaseStudyConfig.{arg} must hold ints >= {low}, got {v!r}")
-    if len(set(value)) != len(value):
-        raise ValueError(f"CaseStudyConfig.{arg} must not repeat a value, got {value!r}")
-    return tuple(value)
-
-
-def _floats(value, arg: str, low: float, high: float) -> tuple[float, ...]:
-    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or not value:
-        raise ValueError(f"CaseStudyConfig.{arg} must be a non-empty tuple of numbers, got {value!r}")
-    for v in value:
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not low < v <= high:
-            raise ValueError(f"CaseStudyConfig.{arg} must hold numbers in ({low}, {high}], got {v!r}")
-    return tuple(float(v) for v in value)
+_GRID = {m: methods.get(m).grid for m in ("task_arithmetic", "ties", "dare", "stitch_dataless")}
+_SEEDS = integers(low=0)
+_FRACTIONS = numbers(0, 1, low_open=True)
 
 
 @dataclass(frozen=True)
-class CaseStudyConfig:
-    """Every choice of a comparison, in one place (all of it goes into the cache key).
+class CaseStudyConfig(Config):
+    """Every choice of a comparison, in one place (all of it goes into the cache keys).
 
     * ``finetune_seeds``: one fine-tune of every task per seed (seed 0 is the
       zoo's default fine-tune, so it is shared with the other notebooks);
       ``merge_seeds``: seeds of DARE's drops and of trained localization's
       batch order, run for every fine-tune seed.
-    * Validation grids: ``lambda_grid`` (task arithmetic and DARE),
-      ``ties_densities`` x ``ties_lambdas`` (TIES, global trim as in the
-      paper), ``stitch_densities`` (the mask density of Localize-and-Stitch;
-      trained localization keeps the density chosen for the dataless masks).
+    * Validation grids, by default the registry's (:mod:`lsedu.methods`):
+      ``lambda_grid`` (task arithmetic and DARE), ``ties_densities`` x
+      ``ties_lambdas`` (TIES, global trim as in the paper),
+      ``stitch_densities`` (the mask density of Localize-and-Stitch; trained
+      localization keeps the density chosen for the dataless masks).
       ``dare_p`` is DARE's drop rate (fixed, not searched).
     * Trained localization (:func:`lsedu.localize_trained`): the first
       ``loc_batches`` batches of ``loc_batch_size`` training examples,
@@ -132,60 +112,30 @@ class CaseStudyConfig:
     08_case_causal_lm.ipynb).
     """
 
-    finetune_seeds: tuple[int, ...] = (0,)
-    merge_seeds: tuple[int, ...] = (0, 1, 2)
-    lambda_grid: tuple[float, ...] = (0.2, 0.4, 0.6, 0.8, 1.0)
-    ties_densities: tuple[float, ...] = (0.1, 0.2, 0.5)
-    ties_lambdas: tuple[float, ...] = (0.6, 1.0, 1.4)
-    dare_p: float = 0.5
-    stitch_densities: tuple[float, ...] = (0.01, 0.05, 0.2)
-    loc_batches: int = 4
-    loc_batch_size: int = 32
-    loc_epochs: int = 5
-    loc_optimizer: str = "adam"
-    loc_lr: float = 0.1
-    loc_bias: float = 1.0
-    loc_l1: float = 1e-5
-    eval_batch_size: int = 64
-    max_val: int | None = None
-    max_test: int | None = None
-    multitask: bool = True
-
-    def __post_init__(self):
-        object.__setattr__(self, "finetune_seeds", _ints(self.finetune_seeds, "finetune_seeds"))
-        object.__setattr__(self, "merge_seeds", _ints(self.merge_seeds, "merge_seeds"))
-        object.__setattr__(self, "lambda_grid", _floats(self.lambda_grid, "lambda_grid", 0.0, 10.0))
-        object.__setattr__(self, "ties_densities", _floats(self.ties_densities, "ties_densities", 0.0, 1.0))
-        object.__setattr__(self, "ties_lambdas", _floats(self.ties_lambdas, "ties_lambdas", 0.0, 10.0))
-        object.__setattr__(self, "stitch_densities", _floats(self.stitch_densities, "stitch_densities", 0.0, 1.0))
-        if isinstance(self.dare_p, bool) or not isinstance(self.dare_p, (int, float)) or not 0 <= self.dare_p < 1:
-            raise ValueError(f"CaseStudyConfig.dare_p must be in [0, 1), got {self.dare_p!r}")
-        for f in ("loc_batches", "loc_batch_size", "loc_epochs", "eval_batch_size"):
-            v = getattr(self, f)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"CaseStudyConfig.{f} must be a positive int, got {v!r}")
-        for f in ("loc_lr", "loc_bias"):
-            v = getattr(self, f)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
-                raise ValueError(f"CaseStudyConfig.{f} must be positive, got {v!r}")
-        if not isinstance(self.loc_l1, (int, float)) or self.loc_l1 < 0:
-            raise ValueError(f"CaseStudyConfig.loc_l1 must be >= 0, got {self.loc_l1!r}")
-        for f in ("max_val", "max_test"):
-            v = getattr(self, f)
-            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
-                raise ValueError(f"CaseStudyConfig.{f} must be None or a positive int, got {v!r}")
-        if self.loc_optimizer not in ("adam", "sgd"):
-            raise ValueError(f"CaseStudyConfig.loc_optimizer must be 'adam' or 'sgd', got {self.loc_optimizer!r}")
-        if not isinstance(self.multitask, bool):
-            raise TypeError(f"CaseStudyConfig.multitask must be True or False, got {self.multitask!r}")
+    finetune_seeds: tuple[int, ...] = checked((0,), _SEEDS)
+    merge_seeds: tuple[int, ...] = checked((0, 1, 2), _SEEDS)
+    lambda_grid: tuple[float, ...] = checked(_GRID["task_arithmetic"]["lam"],
+                                             numbers(0, 10, low_open=True))
+    ties_densities: tuple[float, ...] = checked(_GRID["ties"]["density"], _FRACTIONS)
+    ties_lambdas: tuple[float, ...] = checked(_GRID["ties"]["lam"], numbers(0, 10, low_open=True))
+    dare_p: float = checked(_GRID["dare"]["p"][0], number(0, 1, high_open=True))
+    stitch_densities: tuple[float, ...] = checked(_GRID["stitch_dataless"]["density"], _FRACTIONS)
+    loc_batches: int = checked(4, integer(low=1))
+    loc_batch_size: int = checked(32, integer(low=1))
+    loc_epochs: int = checked(5, integer(low=1))
+    loc_optimizer: str = checked("adam", choice("adam", "sgd"))
+    loc_lr: float = checked(0.1, number(0, low_open=True))
+    loc_bias: float = checked(1.0, number(0, low_open=True))
+    loc_l1: float = checked(1e-5, number(0))
+    eval_batch_size: int = checked(64, integer(low=1))
+    max_val: int | None = checked(None, optional(integer(low=1)))
+    max_test: int | None = checked(None, optional(integer(low=1)))
+    multitask: bool = checked(True, boolean())
 
     def to_dict(self) -> dict:
         """The config as JSON values; ``max_val`` / ``max_test`` only when set (whole splits add nothing)."""
-        d = dataclasses.asdict(self)
+        d = super().to_dict()
         return {k: v for k, v in d.items() if not (k in ("max_val", "max_test") and v is None)}
-
-    def replace(self, **changes) -> CaseStudyConfig:
-        return dataclasses.replace(self, **changes)
 
 
 # ----------------------------------------------------------------------------- small pieces
