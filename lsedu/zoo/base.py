@@ -498,7 +498,11 @@ class ClassificationSetup(Setup):
 
     @torch.no_grad()
     def _features_of(self, task: str, split: Split) -> tuple[torch.Tensor, torch.Tensor]:
-        model = self.module(self.pretrained())
+        # A module of its own: a head is often first asked for in the middle of an evaluation of another body,
+        # whose weights the shared self.module(...) holds until that evaluation ends.
+        model = self.build_body().to(self.device)
+        model.load_state_dict(self.pretrained(), strict=True)
+        model.eval()
         feats, labels = [], []
         for batch in self.batches(task, split, 64):
             feats.append(self.features(model, batch).float().cpu())
