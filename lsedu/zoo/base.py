@@ -148,6 +148,19 @@ def mapping_of(value: Check, keys: Sequence[str] | None = None) -> Check:
     return Check(what, accept, dict)
 
 
+def rows(*columns: Check, at_least: int = 0) -> Check:
+    """A sequence of at least ``at_least`` rows, each a tuple whose i-th entry ``columns[i]`` accepts;
+    stored as a tuple of tuples (``(("mnist", 150, 50, 100), ...)``)."""
+    def accept(v) -> bool:
+        return isinstance(v, Sequence) and not isinstance(v, str) and len(v) >= at_least and all(
+            isinstance(r, Sequence) and not isinstance(r, str) and len(r) == len(columns)
+            and all(c.accept(x) for c, x in zip(columns, r)) for r in v)
+
+    row = "(" + ", ".join(c.what for c in columns) + ")"
+    return Check(f"at least {at_least} rows {row}" if at_least else f"rows {row}", accept,
+                 lambda v: tuple(tuple(r) for r in v))
+
+
 def text() -> Check:
     """A string."""
     return Check("a string", lambda v: isinstance(v, str), error=TypeError)

@@ -71,9 +71,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..config import Check, Config, boolean, checked, choice, integer
+from ..config import Config, boolean, checked, choice, integer
 from .assets import asset_path, sha256_file
-from .base import FinetuneConfig, Setup, Split, TaskData, distinct, instance_of, register_setup, split_fixed, text
+from .base import FinetuneConfig, Setup, Split, TaskData, distinct, instance_of, register_setup, rows, split_fixed, text
 from .cache import StateDict, cache_root, cached
 # Scoring and WordNet are shared with other setups; their names stay importable from here.
 from .lm_scoring import (  # noqa: F401
@@ -96,17 +96,6 @@ from .wordnet import LEX_NAMES, Synset, cached_common_nouns, wordnet_nouns
 # ----------------------------------------------------------------------------- config
 
 _CATEGORIES = tuple(LEX_NAMES.values())
-
-
-def _answers(at_least: int) -> Check:
-    """``(WordNet category, answer word)`` pairs, at least ``at_least``, each category from :data:`LEX_NAMES`."""
-    def accept(v) -> bool:
-        return (isinstance(v, Sequence) and not isinstance(v, str) and len(v) >= at_least
-                and all(isinstance(p, Sequence) and len(p) == 2 and p[0] in _CATEGORIES and isinstance(p[1], str)
-                        for p in v))
-
-    return Check(f"at least {at_least} (category, answer) pairs with categories from {sorted(_CATEGORIES)}", accept,
-                 lambda v: tuple(tuple(p) for p in v))
 
 
 @dataclass(frozen=True)
@@ -132,7 +121,7 @@ class CausalLMConfig(Config):
     max_word_rank: int = checked(40000, integer(low=1))
     science_categories: tuple[tuple[str, str], ...] = checked((
         ("noun.animal", "animal"), ("noun.plant", "plant"), ("noun.food", "food"), ("noun.substance", "material"),
-        ("noun.body", "body")), _answers(at_least=2))
+        ("noun.body", "body")), rows(choice(*_CATEGORIES), text(), at_least=2))
     truthful_categories: tuple[str, ...] = checked(("noun.artifact", "noun.person"), distinct(_CATEGORIES))
     # a true claim names an ancestor 1..depth hypernym steps up
     truthful_max_depth: int = checked(3, integer(low=1))

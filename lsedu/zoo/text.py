@@ -60,10 +60,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..config import Check, Config, checked, integer, number
+from ..config import Check, Config, checked, choice, integer, number
 from .assets import ASSETS, PIP_INSTALL, Asset, AssetMissing, asset_path, register
 from .base import ClassificationSetup, FinetuneConfig, HeadConfig, Split, TaskData, register_setup, split_fixed
-from .base import distinct, instance_of, text
+from .base import distinct, instance_of, rows, text
 from .cache import StateDict
 from .wordnet import NOUN_LEXNAMES, definitions, wordnet_nouns
 
@@ -119,17 +119,6 @@ def _dates() -> Check:
     return Check("a (first, last) pair of ISO dates 'YYYY-MM-DD'", accept, tuple)
 
 
-def _task_epochs() -> Check:
-    """``(task, epochs)`` pairs, tasks from :data:`TASKS` and epochs ints >= 1; stored as a tuple of tuples."""
-    def accept(v) -> bool:
-        return isinstance(v, Sequence) and not isinstance(v, str) and all(
-            isinstance(p, Sequence) and len(p) == 2 and p[0] in TASKS and not isinstance(p[1], bool)
-            and isinstance(p[1], int) and p[1] >= 1 for p in v)
-
-    return Check(f"(task, epochs) pairs with tasks from {list(TASKS)} and epochs ints >= 1", accept,
-                 lambda v: tuple(tuple(p) for p in v))
-
-
 @dataclass(frozen=True)
 class TextConfig(Config):
     """Every number and choice of the text setup, in one place (all of it goes into the cache keys).
@@ -174,7 +163,7 @@ class TextConfig(Config):
     tweet_years: tuple[int, ...] = checked((2013, 2015, 2017), distinct(item=integer(), at_least=2))
     finetune: FinetuneConfig = checked(FinetuneConfig(epochs=3, lr=1e-4, batch_size=16), instance_of(FinetuneConfig))
     task_epochs: tuple[tuple[str, int], ...] = checked((("tweet_device", 8), ("tweet_client", 6), ("debate_role", 4)),
-                                                       _task_epochs())
+                                                       rows(choice(*TASKS), integer(low=1)))
     head: HeadConfig = checked(HeadConfig(weight_decay=0.1), instance_of(HeadConfig))
 
     def finetune_for(self, task: str) -> FinetuneConfig:

@@ -79,10 +79,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import Check, Config, checked, integer, number
+from ..config import Config, checked, integer, number
 from .assets import ASSETS, PIP_INSTALL, Asset, asset_path, register
 from .base import ClassificationSetup, FinetuneConfig, HeadConfig, Split, TaskData, register_setup, split_fixed
-from .base import distinct, instance_of
+from .base import distinct, instance_of, rows, text
 from .cache import StateDict
 
 # ----------------------------------------------------------------------------- assets
@@ -122,17 +122,6 @@ ROTATION_CLASSES = ("0", "90", "180", "270")  # degrees, counter-clockwise (torc
 # ----------------------------------------------------------------------------- the one config
 
 
-def _split_rows() -> Check:
-    """``(task, train, val, test)`` rows, counts per class as ints >= 1; stored as a tuple of tuples."""
-    def accept(v) -> bool:
-        return isinstance(v, Sequence) and not isinstance(v, str) and all(
-            isinstance(r, Sequence) and len(r) == 4 and isinstance(r[0], str)
-            and all(not isinstance(n, bool) and isinstance(n, int) and n >= 1 for n in r[1:]) for r in v)
-
-    return Check("(task, train, val, test) rows of ints >= 1 (images per class)", accept,
-                 lambda v: tuple(tuple(r) for r in v))
-
-
 @dataclass(frozen=True)
 class VisionConfig(Config):
     """Every number and choice of the vision setup, in one place (all of it goes into the cache keys).
@@ -163,7 +152,7 @@ class VisionConfig(Config):
     seed: int = checked(0, integer(low=0))
     split_sizes: tuple[tuple[str, int, int, int], ...] = checked((
         ("mnist", 150, 50, 100), ("fashion", 150, 50, 100), ("digits", 100, 24, 50), ("rotation", 375, 125, 250)),
-        _split_rows())
+        rows(text(), integer(low=1), integer(low=1), integer(low=1)))
     mean: float = checked(127 / 255, number())
     std: float = checked(128 / 255, number(low=0, low_open=True))
     finetune: FinetuneConfig = checked(FinetuneConfig(epochs=5, lr=1e-4, batch_size=32, warmup=0.1),
