@@ -10,9 +10,15 @@ encoder, and CLIP's heads stay frozen.
 
 A subclass gives the model, the data and two functions of a batch (its loss,
 and its predictions); this module does the rest the same way for every setup:
-seeded fine-tuning with a progress bar, cached on disk (:mod:`lsedu.zoo.cache`),
-accuracy of any body on any task, the multi-task baseline, a loss for
+seeded fine-tuning with a progress bar, cached on disk (:mod:`lsedu.zoo.cache`)
+under :meth:`Setup.cache_key`, accuracy of any body on any task (or on a
+split's first ``limit`` examples), the tensors a merge combines
+(:meth:`Setup.merge_names`), the multi-task baseline, a loss for
 :func:`lsedu.localize_trained`, and result tables as pandas DataFrames.
+:func:`register_setup` lists a setup in :data:`SETUPS`, which
+:func:`lsedu.zoo.load` reads. The zoo's configs are :class:`lsedu.config.Config`
+dataclasses; the checks they add to :mod:`lsedu.config` are here
+(:func:`instance_of`, :func:`distinct`, :func:`mapping_of`, :func:`rows`, :func:`text`).
 """
 
 from __future__ import annotations
