@@ -135,6 +135,9 @@ def test_gpt2_limited_evaluation_is_our_scoring_on_the_first_items():
     pre = setup.pretrained()
     assert setup.evaluate(pre, "science", limit=2) == old_mean_accuracy(setup, pre, "science", "test", 8, 2)
     assert setup.evaluate(pre, "science", limit=100) == setup.evaluate(pre, "science")
+    full = GPT2XL(data=setup._injected, tokenizer=setup.tokenizer, progress=False)  # the lm-eval code path
+    with pytest.raises(ValueError, match="limit must be .*got '2'"):
+        full.evaluate(pre, "science", limit="2")
 
 
 # ----------------------------------------------------------------------------- cache_key

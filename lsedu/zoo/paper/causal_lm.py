@@ -17,7 +17,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from ...config import Check, Config, boolean, checked, integer, optional
+from ...config import Check, Config, boolean, check_arg, checked, integer, optional
 from ..base import FinetuneConfig, Split, TaskData, instance_of, mapping_of, register_setup, text
 from ..cache import StateDict
 from ..lm_scoring import ChoiceBatch, MultipleChoiceLM, check_items, tie_aware
@@ -333,6 +333,7 @@ class GPT2XL(MultipleChoiceLM, TransformersLM):
         With a ``limit`` below the split's length, ours on the split's first ``limit`` items (lm-eval's own
         ``limit`` is ``config.lm_eval_limit``).
         """
+        check_arg(limit, "limit", optional(integer(low=1)))
         whole = limit is None or limit >= len(self.task(task).split(split))
         if split == "test" and self.config.lm_eval and not self.tiny and whole:
             spec = GPT2XL_TASKS[task]
