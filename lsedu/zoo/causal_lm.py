@@ -474,7 +474,7 @@ class CausalLMSetup(MultipleChoiceLM, Setup):
 
     def batches(self, task: str, split: Split, batch_size: int, *, shuffle: bool = False,
                 generator: torch.Generator | None = None) -> Iterator[ChoiceBatch]:
-        """:class:`~lsedu.zoo.lm_scoring.ChoiceBatch` es, label-balanced when shuffled (:func:`spread_order`)."""
+        """Batches (:class:`~lsedu.zoo.lm_scoring.ChoiceBatch`), label-balanced when shuffled (:func:`spread_order`)."""
         check_items(split.inputs, split.labels, arg=f"{task} items")
         order = spread_order(split.labels, generator) if shuffle else torch.arange(len(split))
         yield from self.choice_batches(split, order, batch_size)

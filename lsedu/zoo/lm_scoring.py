@@ -212,7 +212,7 @@ class MultipleChoiceLM:
         return False
 
     def choice_batches(self, split: Split, order: torch.Tensor, batch_size: int) -> Iterator[ChoiceBatch]:
-        """:class:`ChoiceBatch` es of ``split`` in ``order``: the right options (for the loss) and every option."""
+        """Batches (:class:`ChoiceBatch`) of ``split`` in ``order``: the right options (for the loss), all options."""
         for s in range(0, len(split), batch_size):
             idx = order[s:s + batch_size]
             items = [split.inputs[int(i)] for i in idx]
