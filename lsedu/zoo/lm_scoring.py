@@ -1,0 +1,297 @@
+"""Multiple-choice scoring of causal LMs, as lm-eval-harness does it; shared by both tracks' causal-LM setups.
+
+An item is ``{"prompt": str, "options": [str, ...]}`` and its label the
+index of the right option. Each option is scored by its log-likelihood as a
+continuation of the prompt (:func:`continuation_logprobs`, lm-eval's
+``loglikelihood``); the argmax is the prediction (:func:`choose`: ``acc``,
+or ``acc_norm`` per character). Fine-tuning minimises the loss of the right
+option's tokens only (:func:`answer_loss`), so it raises exactly the
+quantity that scoring compares. :class:`MultipleChoiceLM` gives a setup its
+batches, loss and predictions from these; :func:`tie_aware` lists a tied
+output layer once in a body's state dict.
+
+Used by :class:`lsedu.zoo.causal_lm.CausalLMSetup` (SmolLM2, laptop) and
+:class:`lsedu.zoo.paper.GPT2XL` (paper), and by RoBERTa's tied MLM head.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .base import Forward, Split
+
+Item = Mapping[str, Any]  # {"prompt": str, "options": [str, ...]}
+
+
+def check_items(items: Sequence[Item], labels: Sequence[int] | torch.Tensor | None = None, *,
+                arg: str = "items") -> None:
+    """ValueError naming the first bad item: no prompt, fewer than 2 options, or a label out of range."""
+    if isinstance(items, (str, bytes)) or not isinstance(items, Sequence):
+        raise TypeError(f"{arg} must be a list of {{'prompt', 'options'}} dicts, got {type(items).__name__}")
+    for i, it in enumerate(items):
+        if not isinstance(it, Mapping) or "prompt" not in it or "options" not in it:
+            raise ValueError(f"{arg}[{i}] must be a dict with 'prompt' and 'options', got {it!r:.80}")
+        if not isinstance(it["prompt"], str) or not it["prompt"].strip():
+            raise ValueError(f"{arg}[{i}]['prompt'] must be a non-empty string, got {it['prompt']!r:.80}")
+        opts = it["options"]
+        if isinstance(opts, str) or not isinstance(opts, Sequence) or len(opts) < 2:
+            raise ValueError(f"{arg}[{i}] needs at least 2 options, got {opts!r:.80}")
+        if not all(isinstance(o, str) and o for o in opts):
+            raise ValueError(f"{arg}[{i}]['options'] must be non-empty strings, got {opts!r:.80}")
+    if labels is not None:
+        labels = [int(x) for x in labels]
+        if len(labels) != len(items):
+            raise ValueError(f"{arg} has {len(items)} items but {len(labels)} labels")
+        for i, (it, y) in enumerate(zip(items, labels)):
+            if not 0 <= y < len(it["options"]):
+                raise ValueError(f"label {y} of {arg}[{i}] is out of range for its {len(it['options'])} options")
+
+
+def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
+    """Token ids of ``context`` and of ``continuation`` after it, split as lm-eval-harness splits them.
+
+    As ``lm_eval``'s ``_encode_pair``: trailing whitespace of the context
+    moves to the continuation, the two are tokenized *together* (so a merge
+    across the boundary is the one the model sees), and the continuation is
+    whatever follows the context's own tokens. No special tokens are added.
+    """
+    n_spaces = len(context) - len(context.rstrip())
+    if n_spaces:
+        context, continuation = context[:-n_spaces], context[-n_spaces:] + continuation
+    whole = tokenizer(context + continuation, add_special_tokens=False)["input_ids"]
+    ctx = tokenizer(context, add_special_tokens=False)["input_ids"]
+    if not ctx:
+        raise ValueError(f"context {context!r:.60} has no tokens; scoring needs a non-empty context")
+    return ctx, whole[len(ctx):]
+
+
+def encode_choices(tokenizer, contexts: Sequence[str], continuations: Sequence[str],
+                   device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """One right-padded row per ``(context, continuation)`` pair, ready for :func:`continuation_logprobs`.
+
+    Returns ``input_ids`` and ``attention_mask`` ``[N, L]`` (the pair's
+    tokens minus the last one, as lm-eval feeds them), ``targets`` ``[N, L]``
+    (the next token at each position) and ``target_mask`` ``[N, L]``, True
+    at the positions whose next token belongs to the continuation.
+    """
+    if len(contexts) != len(continuations):
+        raise ValueError(f"{len(contexts)} contexts but {len(continuations)} continuations")
+    rows = []
+    for c, x in zip(contexts, continuations):
+        ctx, cont = encode_pair(tokenizer, c, x)
+        if not cont:
+            raise ValueError(f"continuation {x!r:.60} has no tokens after context {c!r:.60}")
+        rows.append((ctx + cont, len(ctx)))
+    width = max(len(ids) for ids, _ in rows) - 1
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    out = {k: torch.full((len(rows), width), v, dtype=d)
+           for k, v, d in (("input_ids", pad, torch.long), ("attention_mask", 0, torch.long),
+                           ("targets", pad, torch.long), ("target_mask", False, torch.bool))}
+    for i, (ids, n_ctx) in enumerate(rows):
+        n = len(ids) - 1
+        out["input_ids"][i, :n] = torch.tensor(ids[:-1])
+        out["attention_mask"][i, :n] = 1
+        out["targets"][i, :n] = torch.tensor(ids[1:])
+        out["target_mask"][i, n_ctx - 1:n] = True  # position p predicts token p + 1
+    return {k: v.to(device) for k, v in out.items()}
+
+
+def logits_of(output: Any) -> torch.Tensor:
+    """The logits of a forward's output: a transformers ModelOutput, a tuple (logits first) or a tensor."""
+    if isinstance(output, torch.Tensor):
+        return output
+    if hasattr(output, "logits"):
+        return output.logits
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
+        return output[0]
+    raise TypeError(f"forward returned {type(output).__name__}; expected logits or an object with .logits")
+
+
+def continuation_logprobs(forward: Forward, enc: Mapping[str, torch.Tensor], max_tokens: int = 2048) -> torch.Tensor:
+    """``[N]`` log P(continuation | context) of each row of ``enc`` (from :func:`encode_choices`).
+
+    The sum over the continuation's tokens of log softmax of the logits, lm-eval-harness's
+    ``loglikelihood``. Rows with the same input (options of one token after
+    the same prompt: "positive" / "negative") differ only in their last
+    target, so, as lm-eval does, each distinct input runs through
+    ``forward`` once. Inputs run in chunks of at most ``max_tokens`` tokens,
+    so the ``[rows, L, vocab]`` logits stay small.
+    """
+    n, width = enc["input_ids"].shape
+    key = torch.cat([enc["input_ids"], enc["attention_mask"]], 1)
+    uniq, inverse = torch.unique(key, dim=0, return_inverse=True)
+    ids, mask = uniq[:, :width], uniq[:, width:]
+    step = max(1, max_tokens // max(width, 1))
+    out = torch.zeros(n, device=enc["input_ids"].device)
+    for s in range(0, len(uniq), step):
+        logits = logits_of(forward(input_ids=ids[s:s + step], attention_mask=mask[s:s + step])).float()
+        norm = torch.logsumexp(logits, -1)
+        for u in range(s, min(s + step, len(uniq))):
+            rows = torch.nonzero(inverse == u).flatten()
+            lp = logits[u - s].gather(-1, enc["targets"][rows].T).T - norm[u - s]  # [rows, L]
+            out[rows] = (lp * enc["target_mask"][rows]).sum(-1)
+    return out
+
+
+def answer_loss(forward: Forward, enc: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """Causal LM loss on the continuation tokens only: mean cross-entropy over them, prompt tokens masked out."""
+    logits = logits_of(forward(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]))
+    mask = enc["target_mask"]
+    return F.cross_entropy(logits[mask].float(), enc["targets"][mask])
+
+
+def choice_logprobs(forward: Forward, tokenizer, items: Sequence[Item], *,
+                    template: Callable[[str], str] | None = None, device: str | torch.device = "cpu",
+                    max_tokens: int = 2048) -> list[torch.Tensor]:
+    """Per item, ``[n_options]`` log-likelihoods of its options as continuations of its prompt.
+
+    lm-eval-harness multiple choice: the context is ``template(prompt)``
+    (the prompt itself if no template), each option is scored with
+    :func:`continuation_logprobs`. Use :func:`choose` to turn them into predictions.
+    """
+    check_items(items)
+    contexts, conts = [], []
+    for it in items:
+        ctx = template(it["prompt"]) if template else it["prompt"]
+        contexts += [ctx] * len(it["options"])
+        conts += list(it["options"])
+    scores = continuation_logprobs(forward, encode_choices(tokenizer, contexts, conts, device), max_tokens)
+    counts = [len(it["options"]) for it in items]
+    return list(scores.detach().cpu().split(counts))
+
+
+def choose(scores: Sequence[torch.Tensor], items: Sequence[Item], norm: bool = False) -> torch.Tensor:
+    """``[n_items]`` predicted option index: argmax of the log-likelihoods (``acc``).
+
+    ``norm=True`` divides each log-likelihood by its option's length in
+    characters first, lm-eval-harness's ``acc_norm``, which removes the
+    advantage of short options.
+    """
+    preds = []
+    for s, it in zip(scores, items):
+        if norm:
+            s = s / torch.tensor([float(len(o)) for o in it["options"]])
+        preds.append(int(s.argmax()))
+    return torch.tensor(preds, dtype=torch.long)
+
+
+# ----------------------------------------------------------------------------- batches of items
+
+
+@dataclass
+class ChoiceBatch:
+    """A batch of multiple-choice items: the right options encoded (for the loss) and all options (for scoring)."""
+
+    items: list
+    labels: torch.Tensor
+    answer: dict[str, torch.Tensor]
+    choices: dict[str, torch.Tensor]
+    counts: list[int] = field(default_factory=list)
+
+
+class MultipleChoiceLM:
+    """Batches, loss and predictions of a setup whose tasks are multiple-choice items (a mixin of a Setup).
+
+    A subclass may override :meth:`context` (the text the model continues,
+    e.g. a chat template) and :meth:`acc_norm` (whether a task is scored per
+    character); it provides ``tokenizer`` and ``device``.
+    """
+
+    def context(self, prompt: str) -> str:
+        """The text the model continues for ``prompt`` (the prompt itself unless overridden)."""
+        return prompt
+
+    def acc_norm(self, task: str) -> bool:
+        """Whether ``task`` is scored with lm-eval's ``acc_norm`` (per character) rather than ``acc``."""
+        return False
+
+    def choice_batches(self, split: Split, order: torch.Tensor, batch_size: int) -> Iterator[ChoiceBatch]:
+        """Batches (:class:`ChoiceBatch`) of ``split`` in ``order``: the right options (for the loss), all options."""
+        for s in range(0, len(split), batch_size):
+            idx = order[s:s + batch_size]
+            items = [split.inputs[int(i)] for i in idx]
+            labels = split.labels[idx]
+            ctx = [self.context(it["prompt"]) for it in items]
+            answer = encode_choices(self.tokenizer, ctx, [it["options"][int(y)] for it, y in zip(items, labels)],
+                                    self.device)
+            flat = [(c, o) for c, it in zip(ctx, items) for o in it["options"]]
+            choices = encode_choices(self.tokenizer, [c for c, _ in flat], [o for _, o in flat], self.device)
+            yield ChoiceBatch(items, labels, answer, choices, [len(it["options"]) for it in items])
+
+    def loss(self, task: str, forward: Forward, batch: ChoiceBatch) -> torch.Tensor:
+        """Causal LM loss of the right option's tokens (what scoring compares)."""
+        return answer_loss(forward, batch.answer)
+
+    def predict(self, task: str, forward: Forward, batch: ChoiceBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """The option with the highest log-likelihood (per character with :meth:`acc_norm`), and the labels."""
+        scores = continuation_logprobs(forward, batch.choices).detach().cpu().split(batch.counts)
+        return choose(scores, batch.items, norm=self.acc_norm(task)), batch.labels
+
+
+# ----------------------------------------------------------------------------- tied weights
+
+
+class TiedHead(nn.Module):
+    """An output layer that *reads* the input embedding's weight at every call, and owns no parameter.
+
+    ``logits = hidden @ embedding.weight.T (+ bias)``. The embedding module
+    is held outside the module tree, so the weight is listed once, under the
+    embedding's name, in ``state_dict()``, ``named_parameters()`` and task
+    vectors; and whatever replaces that weight (``load_state_dict``, or
+    ``torch.func.functional_call`` with or without ``tie_weights``, as
+    :func:`lsedu.localize_trained` does) reaches the output layer too.
+    """
+
+    def __init__(self, embedding: nn.Embedding, bias: torch.Tensor | None = None):
+        super().__init__()
+        self._embedding = (embedding,)  # a tuple: not registered as a submodule
+        self.bias = bias
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self._embedding[0].weight
+
+    def register_parameter(self, name: str, param: nn.Parameter | None) -> None:
+        # transformers' model.tie_weights() (called by lm-eval's HFLM) sets lm_head.weight to the
+        # embedding's weight: that is already so here, and any other weight would break the tie.
+        if name == "weight":
+            if param is not self._embedding[0].weight:
+                raise ValueError("the output layer is tied to the input embedding; set the embedding's weight")
+            return
+        super().register_parameter(name, param)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return F.linear(hidden, self._embedding[0].weight, self.bias)
+
+
+def tie_aware(model: nn.Module) -> nn.Module:
+    """Give a tied transformers LM a :class:`TiedHead`, so its state dict holds the tied matrix once.
+
+    For SmolLM2 (and GPT-2): ``lm_head.weight`` is ``model.embed_tokens.weight``
+    (``wte``); after this call the state dict has 272 entries, not 273, and
+    a state dict that still holds ``lm_head.weight`` loads only if it equals
+    the embedding (it is dropped), else ValueError: tied weights cannot
+    differ. An untied model is returned unchanged. Returns ``model``.
+    """
+    inp, out = model.get_input_embeddings(), model.get_output_embeddings()
+    if out is None or isinstance(out, TiedHead) or out.weight is not inp.weight:
+        return model
+    alias = next(n for n, m in model.named_modules() if m is out) + ".weight"
+    source = next(n for n, m in model.named_modules() if m is inp) + ".weight"
+    model.set_output_embeddings(TiedHead(inp, getattr(out, "bias", None)))
+
+    def drop_alias(module, state_dict, prefix, *args):
+        if prefix + alias in state_dict:
+            value = state_dict.pop(prefix + alias)
+            if prefix + source in state_dict and not torch.equal(value, state_dict[prefix + source]):
+                raise ValueError(f"state dict holds {alias!r} different from {source!r}, but they are tied "
+                                 f"(one tensor in this model)")
+
+    model.register_load_state_dict_pre_hook(drop_alias)
+    return model
