@@ -6,7 +6,7 @@ runs the same comparison on any :class:`~lsedu.zoo.Setup`, laptop or paper
 track:
 
 1. fine-tune every task (``setup.finetune``, one config per seed, cached) and
-   build the task vectors over the tensors a merge combines (:func:`merge_names`);
+   build the task vectors over the tensors a merge combines (``setup.merge_names()``);
 2. pick each method's hyperparameters on the *validation* split (mean
    accuracy over the tasks): lambda of task arithmetic
    (:func:`lsedu.pick_lambda`), density and lambda of TIES, lambda of DARE,
@@ -141,21 +141,6 @@ class CaseStudyConfig(Config):
 # ----------------------------------------------------------------------------- small pieces
 
 
-def merge_names(setup) -> list[str]:
-    """The body tensors a merge combines: ``setup.merge_names()`` (paper track), else every parameter that
-    fine-tuning updates (``setup.trainable``). Buffers (batch-norm statistics) are not weights and are left
-    out. Task vectors, masks and storage cover these tensors only.
-
-    Explained in notebooks 06, 07 and 08 (06_case_language.ipynb, 07_case_vision.ipynb,
-    08_case_causal_lm.ipynb).
-    """
-    if hasattr(setup, "merge_names"):
-        return list(setup.merge_names())
-    pre = setup.pretrained()
-    params = {n for n, _ in setup.module(pre).named_parameters()}
-    return [n for n, t in pre.items() if n in params and t.is_floating_point() and setup.trainable(n)]
-
-
 def check_tasks(setup, tasks) -> tuple[str, ...]:
     """``tasks`` (default: all of ``setup.tasks``) as a tuple; ValueError naming an unknown or repeated task.
 
@@ -188,36 +173,6 @@ def delta_bytes(base: Mapping[str, torch.Tensor], body: Mapping[str, torch.Tenso
     delta = {n: body[n].float() - base[n].float() for n in names}
     s = storage(delta)
     return min(s.dense, s.sparse)
-
-
-def mean_accuracy(setup, body, tasks: Sequence[str], split: str, batch_size: int = 64,
-                  limit: int | None = None) -> dict[str, float]:
-    """``{task: accuracy}`` of ``body`` on ``split`` of each task: ``setup.evaluate``, or, with ``limit``,
-    the accuracy on the split's first ``limit`` examples (the same rule as ``Setup.evaluate``).
-
-    Explained in notebooks 06, 07 and 08 (06_case_language.ipynb, 07_case_vision.ipynb,
-    08_case_causal_lm.ipynb).
-    """
-    out = {}
-    for t in tasks:
-        data = setup.task(t).split(split)
-        if limit is None or limit >= len(data):
-            out[t] = setup.evaluate(body, t, split, batch_size=batch_size)
-            continue
-        model, right = setup.module(body), 0
-        with torch.no_grad():
-            for batch in setup.batches(t, data.subset(range(limit)), batch_size):
-                pred, true = setup.predict(t, model, batch)
-                right += int((pred.cpu() == true.cpu()).sum())
-        out[t] = right / limit
-    return out
-
-
-def _val_score(setup, tasks, batch_size, limit=None):
-    def score(body) -> float:
-        accs = mean_accuracy(setup, body, tasks, "val", batch_size, limit)
-        return sum(accs.values()) / len(accs)
-    return score
 
 
 def finetune_configs(setup, tasks: Sequence[str], seed: int) -> dict:
@@ -283,7 +238,7 @@ class _Seed:
 
     @functools.cached_property
     def names(self) -> list[str]:
-        return merge_names(self.setup)
+        return self.setup.merge_names()
 
     @functools.cached_property
     def fts(self) -> dict:
@@ -294,11 +249,15 @@ class _Seed:
         return [TaskVector({n: self.fts[t][n] - self.pre[n] for n in self.names}) for t in self.tasks]
 
     def test(self, body, tasks: Sequence[str] | None = None) -> dict[str, float]:
-        return mean_accuracy(self.setup, body, tasks or self.tasks, "test", self.config.eval_batch_size,
-                             self.config.max_test)
+        """Test accuracy per task, on the first ``config.max_test`` examples of each."""
+        return self.setup.evaluate_all(body, tasks or self.tasks, "test", self.config.eval_batch_size,
+                                       limit=self.config.max_test)
 
     def val(self, body) -> float:
-        return _val_score(self.setup, self.tasks, self.config.eval_batch_size, self.config.max_val)(body)
+        """Mean validation accuracy over the tasks (the first ``config.max_val`` examples of each): what every
+        hyperparameter is chosen by."""
+        accs = self.setup.evaluate_all(body, self.tasks, "val", self.config.eval_batch_size, limit=self.config.max_val)
+        return sum(accs.values()) / len(accs)
 
     def nbytes(self, body) -> int:
         return delta_bytes(self.pre, body, self.names)
@@ -306,12 +265,10 @@ class _Seed:
     def key(self, row: str) -> dict:
         fields, per_finetune = ROW_DEPENDS[row]
         conf = self.config.to_dict()
-        key = {"setup": self.setup.name, "track": self.setup.track, "identity": self.setup.identity(),
-               "tasks": list(self.tasks), "row": row, "casestudy": {f: conf.get(f) for f in fields},
-               "lsedu": __version__}
-        if per_finetune:
-            key.update(finetune={t: c.to_dict() for t, c in self.cfgs.items()}, finetune_seed=self.seed)
-        return key
+        extra = {"finetune": {t: c.to_dict() for t, c in self.cfgs.items()}, "finetune_seed": self.seed}
+        return self.setup.cache_key("casestudy", tasks=list(self.tasks), row=row,
+                                    casestudy={f: conf.get(f) for f in fields}, lsedu=__version__,
+                                    **(extra if per_finetune else {}))
 
     def unit(self, row: str, refresh: bool = False) -> dict:
         """The cached result of ``row``: ``{"runs": [records], "chosen": {hyperparameters}}``."""
@@ -452,7 +409,7 @@ def run_seed(setup, tasks: Sequence[str], finetune_seed: int, config: CaseStudyC
     s = _Seed(setup, tuple(tasks), finetune_seed, config)
     units = _units(methods, config)
     bar = tqdm(units, leave=False, desc=f"{setup.name}: rows (fine-tune seed {finetune_seed})",
-               disable=not getattr(setup, "progress", True))
+               disable=not setup.progress)
     results = {}
     for u in bar:
         bar.set_postfix_str(u)

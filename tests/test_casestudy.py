@@ -336,7 +336,7 @@ def test_paper_track_runs_the_whole_table_offline(which):
     assert table[tasks].stack().between(0, 1).all()
     assert table.loc["DARE + task arithmetic", "runs"] == 3
     # storage covers the merged tensors only: a fine-tune's delta is at most their dense size
-    names = casestudy.merge_names(setup)
+    names = setup.merge_names()
     dense = sum(setup.pretrained()[n].numel() * 4 for n in names)
     assert 0 < table.loc[f"fine-tune: {tasks[0]}", "storage_mb"] * 2**20 <= dense
     assert table.loc["Localize-and-Stitch (dataless)", "storage_mb"] * 2**20 < dense
@@ -344,7 +344,7 @@ def test_paper_track_runs_the_whole_table_offline(which):
 
 def test_merge_names_laptop_default_is_the_trainable_floats():
     setup = Toy(device="cpu", progress=False)
-    assert casestudy.merge_names(setup) == ["weight", "bias"]
+    assert setup.merge_names() == ["weight", "bias"]
     assert lsedu.storage  # the library function storage relies on
 
 
@@ -364,13 +364,13 @@ def test_pretty_and_paper_comparison(toy_table):
 def test_limited_evaluation_scores_the_first_examples():
     setup = Toy(device="cpu", progress=False)
     pre = setup.pretrained()
-    full = casestudy.mean_accuracy(setup, pre, ["a"], "test")["a"]
+    full = setup.evaluate_all(pre, ["a"], "test")["a"]
     assert full == setup.evaluate(pre, "a")
-    first = casestudy.mean_accuracy(setup, pre, ["a"], "test", limit=10)["a"]
+    first = setup.evaluate_all(pre, ["a"], "test", limit=10)["a"]
     data = setup.task("a").test.subset(range(10))
     z = data.inputs @ pre["weight"].T + pre["bias"]
     assert first == pytest.approx(float(((z[:, 0] < 0).long() == data.labels).float().mean()))
-    assert casestudy.mean_accuracy(setup, pre, ["a"], "test", limit=10_000)["a"] == full
+    assert setup.evaluate_all(pre, ["a"], "test", limit=10_000)["a"] == full
     with pytest.raises(ValueError, match="max_test"):
         CaseStudyConfig(max_test=0)
 
