@@ -25,8 +25,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from numbers import Real
 from collections.abc import Callable, Sequence
 from typing import Any
+
+import numpy as np
 
 __all__ = ["Check", "Config", "boolean", "check_arg", "checked", "choice", "integer", "integers", "number",
            "numbers", "optional"]
@@ -36,28 +39,28 @@ class Check:
     """A field check: ``check(value) -> stored value``, or an error that says what the value must be.
 
     ``what`` completes the sentence "X must be ...". A check raises
-    ``error`` (ValueError, or TypeError where the type is what is wrong).
+    ``error`` (ValueError, or TypeError where the type is what is wrong);
+    with ``right_type``, a value of the wrong type (a string for a number)
+    is a TypeError and a value of the right type out of range a ValueError.
 
     Not called in a notebook: lsedu declares its configs with it (the zoo's, the merge
     recipe's, and the case studies' config of notebook 07, 07_case_vision.ipynb).
     """
 
     def __init__(self, what: str, accept: Callable[[Any], bool], convert: Callable[[Any], Any] = lambda v: v,
-                 error: type[Exception] = ValueError):
+                 error: type[Exception] = ValueError, right_type: Callable[[Any], bool] | None = None):
         self.what, self.accept, self.convert, self.error = what, accept, convert, error
+        self.right_type = right_type
 
     def __call__(self, value, name: str):
         if not self.accept(value):
-            raise self.error(f"{name} must be {self.what}, got {value!r}")
+            wrong_type = self.right_type is not None and not self.right_type(value)
+            raise (TypeError if wrong_type else self.error)(f"{name} must be {self.what}, got {value!r}")
         return self.convert(value)
 
 
 def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def _bounds(low, high, low_open: bool, high_open: bool) -> tuple[str, Callable[[Any], bool]]:
@@ -77,25 +80,31 @@ def _bounds(low, high, low_open: bool, high_open: bool) -> tuple[str, Callable[[
     return text, inside
 
 
-def integer(low: int | None = None, high: int | None = None) -> Check:
-    """An int (not a bool) in ``[low, high]``.
+def integer(low: int | None = None, high: int | None = None, *, type_error: bool = False) -> Check:
+    """An int (not a bool) in ``[low, high]`` (``type_error``: a value that is no int at all is a TypeError).
 
     Not called in a notebook: lsedu declares its configs with it (the zoo's, the merge
     recipe's, and the case studies' config of notebook 07, 07_case_vision.ipynb).
     """
     text, inside = _bounds(low, high, False, False)
-    return Check(f"an int {text}".rstrip(), lambda v: _is_int(v) and inside(v), int)
+    return Check(f"an int {text}".rstrip(), lambda v: _is_int(v) and inside(v), int,
+                 right_type=_is_int if type_error else None)
 
 
 def number(low: float | None = None, high: float | None = None, *, low_open: bool = False,
-           high_open: bool = False) -> Check:
+           high_open: bool = False, type_error: bool = False) -> Check:
     """A finite int or float (not a bool) between ``low`` and ``high``; stored as a float.
+
+    ``type_error``: a value that is no number at all (a string, a bool) is a
+    TypeError; NaN, infinities and numbers out of range are ValueErrors.
 
     Not called in a notebook: lsedu declares its configs with it (the zoo's, the merge
     recipe's, and the case studies' config of notebook 07, 07_case_vision.ipynb).
     """
     text, inside = _bounds(low, high, low_open, high_open)
-    return Check(f"a finite number {text}".rstrip(), lambda v: _is_number(v) and inside(v), float)
+    real = lambda v: isinstance(v, Real) and not isinstance(v, (bool, np.bool_))  # noqa: E731
+    return Check(f"a finite number {text}".rstrip(), lambda v: real(v) and math.isfinite(v) and inside(v), float,
+                 right_type=real if type_error else None)
 
 
 def boolean() -> Check:

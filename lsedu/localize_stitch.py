@@ -29,13 +29,12 @@ from ._checks import (
     Mask,
     StateDict,
     check_base_and_vectors,
-    check_fraction,
     check_mask,
     check_same_layout,
-    check_scalar,
     check_state_dict,
     check_task_vector,
 )
+from .config import check_arg, choice, integer, number, optional
 from .task_vectors import apply_vector
 from .topk import count_for_density, global_topk_mask, topk_mask
 
@@ -50,6 +49,15 @@ def localize_dataless(task_vector: Mapping[str, torch.Tensor], density: float = 
     """
     check_task_vector(task_vector, "task_vector")
     return global_topk_mask(task_vector, density, arg="task_vector")
+
+
+#: The checks of :func:`localize_trained`'s hyperparameters (:mod:`lsedu.config`).
+_DENSITY = number(0, 1, low_open=True, type_error=True)
+_POSITIVE = number(0, low_open=True, type_error=True)
+_NON_NEGATIVE = number(0, type_error=True)
+_EPOCHS = integer(low=1)
+_BATCHES_PER_STEP = optional(integer(low=1))
+_OPTIMIZER = choice("sgd", "adam")
 
 
 def localize_trained(
@@ -126,20 +134,14 @@ def localize_trained(
         raise TypeError(f"loader must be an iterable of batches (a DataLoader or a list), got {type(loader).__name__}")
     if not callable(loss_fn):
         raise TypeError(f"loss_fn must be a callable (forward, batch) -> loss, got {type(loss_fn).__name__}")
-    check_fraction(density, "density", low_open=True, high_open=False)
-    if target_density is not None:
-        check_fraction(target_density, "target_density", low_open=True, high_open=False)
-    b = check_scalar(sigmoid_bias, "sigmoid_bias")
-    l1 = check_scalar(l1, "l1")
-    lr = check_scalar(lr, "lr")
-    if l1 < 0 or lr <= 0 or b <= 0:
-        raise ValueError(f"need l1 >= 0, lr > 0 and sigmoid_bias > 0; got l1={l1}, lr={lr}, sigmoid_bias={b}")
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-        raise ValueError(f"epochs must be a positive int, got {epochs!r}")
-    if batches_per_step is not None and (not isinstance(batches_per_step, int) or batches_per_step < 1):
-        raise ValueError(f"batches_per_step must be a positive int or None, got {batches_per_step!r}")
-    if optimizer not in ("sgd", "adam"):
-        raise ValueError(f"optimizer must be 'sgd' or 'adam', got {optimizer!r}")
+    density = check_arg(density, "density", _DENSITY)
+    target_density = check_arg(target_density, "target_density", optional(_DENSITY))
+    b = check_arg(sigmoid_bias, "sigmoid_bias", _POSITIVE)
+    l1 = check_arg(l1, "l1", _NON_NEGATIVE)
+    lr = check_arg(lr, "lr", _POSITIVE)
+    check_arg(epochs, "epochs", _EPOCHS)
+    check_arg(batches_per_step, "batches_per_step", _BATCHES_PER_STEP)
+    check_arg(optimizer, "optimizer", _OPTIMIZER)
 
     device = torch.device(device) if device is not None else next(model.parameters(), torch.empty(0)).device
     theta = {n: t.detach().to(device) for n, t in base.items()}
