@@ -52,7 +52,7 @@ from .analysis import storage
 from .arithmetic import pick_lambda, task_arithmetic
 from .config import Config, boolean, checked, choice, integer, integers, number, numbers, optional
 from .drop_rescale import dare_merge
-from .localize_stitch import localize_dataless, localize_trained, stitch
+from .localize_stitch import localize_trained, stitch, stitch_dataless
 from .soups import uniform_soup
 from .task_vectors import TaskVector
 from .ties import ties_merge
@@ -340,10 +340,9 @@ def _dare(s: _Seed) -> dict:
 
 
 def _stitch_dataless(s: _Seed) -> dict:
-    scores = {d: s.val(stitch(s.pre, s.tvs, [localize_dataless(tv, d) for tv in s.tvs]))
-              for d in s.config.stitch_densities}
+    scores = {d: s.val(stitch_dataless(s.pre, s.tvs, d)) for d in s.config.stitch_densities}
     d = max(scores, key=lambda k: scores[k])
-    merged = stitch(s.pre, s.tvs, [localize_dataless(tv, d) for tv in s.tvs])
+    merged = stitch_dataless(s.pre, s.tvs, d)
     return {"runs": [_run(s.test(merged), s.nbytes(merged), choice=f"density={d:g}")], "chosen": {"density": d}}
 
 

@@ -225,6 +225,21 @@ def stitch(
     return apply_vector(base, _stitched_vector(tvs, masks), 1.0)
 
 
+def stitch_dataless(base: Mapping[str, torch.Tensor], task_vectors: Sequence[Mapping[str, torch.Tensor]],
+                    density: float = 0.01) -> StateDict:
+    """Localize-and-Stitch with dataless masks, in one call: ``stitch(base, tvs, [localize_dataless(tv, density)])``.
+
+    He et al. 2025, Sec. 3: each task keeps the top-``density`` of ``|tau|``
+    over all its tensors (:func:`localize_dataless`), and the kept entries
+    are stitched onto the base, averaged where masks overlap (:func:`stitch`).
+    The method needs no data. Returns a new state dict.
+
+    Explained in notebook 05 (05_localize_and_stitch.ipynb).
+    """
+    tvs = check_base_and_vectors(base, task_vectors)
+    return stitch(base, tvs, [localize_dataless(tv, density) for tv in tvs])
+
+
 def _stitched_vector(tvs, masks) -> dict[str, torch.Tensor]:
     """``sum_i gamma'_i * tau_i`` with overlaps averaged; inputs already checked."""
     merged = {}

@@ -34,8 +34,8 @@ def raises_naming(exc, culprit: str, fn, *args, **kwargs):
     for a, b in zip(_tensors(before), _tensors(after)):
         if a.is_meta or a.layout != torch.strided:  # no data to compare: the object is still there
             assert b.shape == a.shape and b.layout == a.layout
-        else:
-            assert torch.equal(a, b), "an input was modified"
+        else:  # bit for bit, NaN where there was NaN
+            torch.testing.assert_close(b, a, rtol=0, atol=0, equal_nan=True, msg="an input was modified")
     return message
 
 
@@ -112,3 +112,15 @@ def test_grade_refuses_a_timeout_that_is_not_a_positive_number(tmp_path, timeout
     raises_naming(course.CourseError, "timeout", course.grade, tmp_path / "src", tmp_path / "subs", out,
                   timeout=timeout)
     assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("density, exc", [(0, ValueError), (1.5, ValueError), ("0.1", TypeError)])
+def test_stitch_dataless_names_a_bad_density(density, exc):
+    base, tv = sd(w=torch.zeros(4)), sd(w=torch.arange(4.0))
+    raises_naming(exc, "density", lsedu.stitch_dataless, base, [tv], density)
+
+
+def test_stitch_dataless_names_a_bad_task_vector():
+    base = sd(w=torch.zeros(4))
+    raises_naming(ValueError, r"task_vectors\[1\]\['w'\] has 1 non-finite", lsedu.stitch_dataless, base,
+                  [sd(w=torch.ones(4)), sd(w=torch.tensor([1.0, float("nan"), 0.0, 2.0]))], 0.5)

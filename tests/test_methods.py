@@ -265,6 +265,17 @@ def test_stitch_averages_overlaps(base, finetunes, density):
     assert_close(lsedu.stitch(base, tvs, masks), want)
 
 
+@pytest.mark.parametrize("density", [0.1, 0.3, 0.6])
+def test_stitch_dataless_is_topk_masks_then_stitching(base, finetunes, density):
+    """He et al. 2025, Sec. 3 without data: gamma_i = top-k of |tau_i| over all entries, then stitch."""
+    tvs = [TaskVector.from_models(base, ft) for ft in finetunes]
+    keys = [naive_topk_keys(tv, density) for tv in tvs]
+    masks = [{n: torch.tensor([(n, i) in k for i in range(t.numel())]).reshape(t.shape) for n, t in tv.items()}
+             for tv, k in zip(tvs, keys)]
+    want = from_entries(base, naive_stitch(base, tvs, masks))
+    assert_close(lsedu.stitch_dataless(base, tvs, density), want)
+
+
 # --------------------------------------------------------------------------- analysis
 def test_mask_overlap_counts():
     m = [{"w": torch.tensor([1, 1, 0, 0], dtype=torch.bool)}, {"w": torch.tensor([0, 1, 1, 0], dtype=torch.bool)},
