@@ -15,6 +15,11 @@ from .merge import load_recipe, merge_checkpoints
 
 
 def main(argv=None) -> int:
+    """Run the ``lsedu`` command line on ``argv`` (``sys.argv[1:]`` if None); returns the exit status.
+
+    Explained in the appendix (appendix_streaming_merge.ipynb), which runs ``lsedu merge``; the course tools'
+    subcommands are on the page For teachers (book/teaching.md).
+    """
     parser = argparse.ArgumentParser(prog="lsedu", description="Model merging tools from the lsedu book.")
     sub = parser.add_subparsers(dest="command", required=True)
     m = sub.add_parser("merge", help="merge checkpoints as a YAML recipe says, streaming tensor by tensor",

@@ -59,6 +59,8 @@ class Param:
     """One parameter of a method: its Python keyword, default, check and recipe aliases.
 
     ``doc`` says what it is; ``why`` why the default is what it is.
+
+    Not called in a notebook: the registry's rows, rendered on the page Merge methods; see book/methods.md.
     """
 
     name: str
@@ -76,7 +78,10 @@ class Param:
 
 @dataclass(frozen=True, eq=False)
 class Method:
-    """One merge method: a registry row (see the module docstring for each field)."""
+    """One merge method: a registry row (see the module docstring for each field).
+
+    Not called in a notebook: the registry's rows, rendered on the page Merge methods; see book/methods.md.
+    """
 
     name: str
     key: str
@@ -158,6 +163,9 @@ def stitch_dataless(base, task_vectors: Sequence, density: float = 0.01):
     He et al. 2025, Sec. 3: each task keeps the top-``density`` of ``|tau|``
     over all its tensors, and the kept entries are stitched onto the base,
     averaged where masks overlap. Returns a new state dict.
+
+    Not called in a notebook: the registry's ``localize_stitch`` row names it, and ``lsedu merge`` has its fast path;
+    see book/methods.md.
     """
     return stitch(base, task_vectors, [localize_dataless(tv, density) for tv in task_vectors])
 
@@ -280,12 +288,18 @@ METHODS: tuple[Method, ...] = (
 
 
 def names() -> list[str]:
-    """The public names of the methods, in table order."""
+    """The public names of the methods, in table order.
+
+    Not called in a notebook: the registry's tests use it; see book/methods.md.
+    """
     return [m.name for m in METHODS]
 
 
 def get(name: str) -> Method:
-    """The method called ``name``: its public name, its case-study key or an alias; ValueError otherwise."""
+    """The method called ``name``: its public name, its case-study key or an alias; ValueError otherwise.
+
+    Not called in a notebook: casestudy and ``lsedu merge`` look methods up with it; see book/methods.md.
+    """
     for m in METHODS:
         if name in m.names:
             return m
@@ -294,7 +308,11 @@ def get(name: str) -> Method:
 
 
 def labels() -> dict[str, str]:
-    """``{case-study key: table label}``, e.g. ``{"ties": "TIES", ...}``."""
+    """``{case-study key: table label}``, e.g. ``{"ties": "TIES", ...}``.
+
+    Not called in a notebook: casestudy's tables (notebooks 06 to 09) take their row labels from it; see
+    book/methods.md.
+    """
     return {m.key: m.label for m in METHODS}
 
 
@@ -309,7 +327,10 @@ def _param_cell(p: Param) -> str:
 
 
 def markdown_table() -> str:
-    """The registry as a Markdown table: one row per method."""
+    """The registry as a Markdown table: one row per method.
+
+    Not called in a notebook: ``python -m lsedu.methods`` prints it; see book/methods.md.
+    """
     head = ["`merge_method`", "also accepted", "in Python", "parameters: default, range, aliases", "needs data",
             "fast path in `lsedu merge`", "case-study row", "validation grid"]
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -322,7 +343,10 @@ def markdown_table() -> str:
 
 
 def markdown_reasons() -> str:
-    """Why each default is what it is, as a Markdown list (one entry per method and parameter)."""
+    """Why each default is what it is, as a Markdown list (one entry per method and parameter).
+
+    Not called in a notebook: ``python -m lsedu.methods`` prints it; see book/methods.md.
+    """
     out = []
     for m in METHODS:
         out.append(f"* **{m.name}**: {m.doc}")
@@ -335,12 +359,18 @@ END = "<!-- end of the generated part -->"
 
 
 def book_block() -> str:
-    """What ``book/methods.md`` holds between :data:`BEGIN` and :data:`END`: the table, then the reasons."""
+    """What ``book/methods.md`` holds between :data:`BEGIN` and :data:`END`: the table, then the reasons.
+
+    Not called in a notebook: ``python -m lsedu.methods --update`` writes it; see book/methods.md.
+    """
     return f"{BEGIN}\n\n{markdown_table()}\n## The defaults, and why\n\n{markdown_reasons()}\n{END}"
 
 
 def generated_part(text: str, path: str = "book/methods.md") -> str:
-    """The part of ``text`` between :data:`BEGIN` and :data:`END`, markers included."""
+    """The part of ``text`` between :data:`BEGIN` and :data:`END`, markers included.
+
+    Not called in a notebook: ``python -m lsedu.methods --update`` uses it; see book/methods.md.
+    """
     start, end = text.find(BEGIN), text.find(END)
     if start < 0 or end < start:
         raise ValueError(f"{path} has no generated part (the lines {BEGIN!r} ... {END!r})")
@@ -348,6 +378,11 @@ def generated_part(text: str, path: str = "book/methods.md") -> str:
 
 
 def main(argv=None) -> int:
+    """``python -m lsedu.methods``: print the table and the reasons, or with ``--update PAGE`` rewrite PAGE's part.
+
+    Not called in a notebook: ``python -m lsedu.methods --update book/methods.md`` writes the page Merge methods;
+    see book/methods.md.
+    """
     ap = argparse.ArgumentParser(prog="python -m lsedu.methods", description="Print the table of merge methods.")
     ap.add_argument("--update", metavar="PAGE", help="rewrite the generated part of PAGE (book/methods.md) in place")
     args = ap.parse_args(argv)

@@ -59,6 +59,9 @@ class KthLargest:
     ``n_greater`` how many entries are strictly larger and ``n_equal`` how
     many share the key. Taking all larger entries and the first
     ``k - n_greater`` equal ones selects exactly k.
+
+    Not called in a notebook: ``kth_largest`` returns it, for the top-k masks of ``lsedu.trim`` and of ``lsedu merge``;
+    see notebook 04 (04_interference_ties_dare.ipynb).
     """
 
     value: float
@@ -96,6 +99,9 @@ class RadixSelect:
 
     Feeding tensors yourself lets one pass over a checkpoint serve several
     task vectors at once (the streaming merge keeps one selector per model).
+
+    Not called in a notebook: ``lsedu merge`` uses it when a bracket misses; see the appendix
+    (appendix_streaming_merge.ipynb).
     """
 
     def __init__(self, by_abs: bool = True):
@@ -144,6 +150,9 @@ class TieBudget:
     then position), so that exactly k are kept. The entries arrive in pieces
     (tensors, or blocks of a tensor); :meth:`take` says how many of the next
     piece's ties are kept: the first that many of them.
+
+    Not called in a notebook: every top-k of lsedu (``lsedu.trim``, ``lsedu.localize_dataless``) and of ``lsedu merge``
+    uses it; see notebook 04 (04_interference_ties_dare.ipynb).
     """
 
     def __init__(self, kth: KthLargest):
@@ -164,7 +173,11 @@ class TieBudget:
 
 
 class TopKMasker:
-    """Pass 3: masks of the entries above the k-th key, plus the ties that :class:`TieBudget` keeps, in feed order."""
+    """Pass 3: masks of the entries above the k-th key, plus the ties that :class:`TieBudget` keeps, in feed order.
+
+    Not called in a notebook: the top-k masks of ``lsedu.trim`` and ``lsedu.localize_dataless`` use it; see notebook 04
+    (04_interference_ties_dare.ipynb).
+    """
 
     def __init__(self, kth: KthLargest, by_abs: bool = True):
         self.kth, self.by_abs = kth, by_abs
@@ -237,6 +250,9 @@ def kth_largest(tensors: Mapping[str, torch.Tensor], k: int, *, by_abs: bool = T
 
     Two passes over ``tensors.items()``; the extra memory is that of one
     tensor's keys plus two histograms.
+
+    Not called in a notebook: the top-k masks of ``lsedu.trim`` and ``lsedu.localize_dataless``, and ``lsedu merge``,
+    use it; see notebook 04 (04_interference_ties_dare.ipynb).
     """
     if isinstance(k, bool) or not isinstance(k, numbers.Integral):
         raise TypeError(f"k must be an int, got {type(k).__name__}")
@@ -258,12 +274,18 @@ def topk_mask(tensors: Mapping[str, torch.Tensor], k: int, *, by_abs: bool = Tru
     """Bool masks selecting exactly the ``k`` largest entries over all tensors.
 
     Three passes in all: two in :func:`kth_largest`, one to build the masks.
+
+    Not called in a notebook: ``lsedu.localize_trained`` uses it; see notebook 05 (05_localize_and_stitch.ipynb).
     """
     return _mask(tensors, kth_largest(tensors, k, by_abs=by_abs), by_abs, "tensors")
 
 
 def count_for_density(numel: int, density: float) -> int:
-    """``k = round(density * numel)``, at least 1: the number of entries a density keeps."""
+    """``k = round(density * numel)``, at least 1: the number of entries a density keeps.
+
+    Not called in a notebook: ``lsedu.localize_trained`` and ``lsedu merge`` use it; see notebook 05
+    (05_localize_and_stitch.ipynb).
+    """
     return max(1, min(numel, int(round(density * numel))))
 
 
@@ -273,6 +295,9 @@ def global_topk_mask(tensors: Mapping[str, torch.Tensor], density: float, *, arg
     This is the global top-k of TIES-Merging (Yadav et al. 2023) and of
     Localize-and-Stitch's dataless localization (He et al. 2025): three
     passes over ``tensors``, exactly ``round(density * n)`` entries kept.
+
+    Not called in a notebook: ``lsedu.trim`` (TIES's global trim) and ``lsedu.localize_dataless`` use it; see notebook
+    04 (04_interference_ties_dare.ipynb).
     """
     density = check_fraction(density, "density", low_open=True, high_open=False)
     kth = _radix_select(tensors, lambda n: count_for_density(n, density), True, arg)
@@ -284,6 +309,9 @@ def per_tensor_topk_mask(tensors: Mapping[str, torch.Tensor], density: float, *,
 
     This is the trim that mergekit and peft apply to large language models.
     A tensor with no entries gets an empty mask.
+
+    Not called in a notebook: ``lsedu.trim`` (TIES's per-tensor trim) uses it; see notebook 04
+    (04_interference_ties_dare.ipynb).
     """
     density = check_fraction(density, "density", low_open=True, high_open=False)
     masks = {}

@@ -31,7 +31,11 @@ CHUNK_ENTRIES = 1 << 22
 
 
 def chunks(shape: tuple[int, ...], chunk: int | None = None) -> list[tuple[int, int] | None]:
-    """Row ranges along the first dimension covering a tensor, or ``[None]`` for one piece."""
+    """Row ranges along the first dimension covering a tensor, or ``[None]`` for one piece.
+
+    Not called in a notebook: ``lsedu merge`` cuts tensors bigger than 4M entries into blocks of rows with it; see the
+    appendix (appendix_streaming_merge.ipynb).
+    """
     chunk = CHUNK_ENTRIES if chunk is None else chunk
     numel = math.prod(shape)
     if len(shape) == 0 or numel <= chunk:
@@ -47,6 +51,9 @@ class Block:
 
     ``srcs`` are the fine-tuned models' entries (``is_tau=False``) or, after
     DARE's drop, the task vectors themselves (``is_tau=True``).
+
+    Not called in a notebook: ``lsedu merge`` uses it (one block of a tensor at a time); see the appendix
+    (appendix_streaming_merge.ipynb).
     """
 
     b: np.ndarray
@@ -59,7 +66,11 @@ class Block:
 
 
 def check_finite(name: str, raw: Unit, ckpts: Sequence[Checkpoint]) -> None:
-    """No NaN or inf in the unit ``raw`` of tensor ``name``; the error names the file."""
+    """No NaN or inf in the unit ``raw`` of tensor ``name``; the error names the file.
+
+    Not called in a notebook: ``lsedu merge`` uses it on every unit it reads; see the appendix
+    (appendix_streaming_merge.ipynb).
+    """
     for ok, t, ckpt in zip(raw.finite, raw, ckpts):
         if not ok:
             raise ValueError(f"tensor {name!r} in {ckpt.file_of(name)} has {int((~torch.isfinite(t)).sum())} "
@@ -72,7 +83,11 @@ def _flat32(t: torch.Tensor) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Drop:
-    """DARE's drop (``lsedu.dare``): task vector i drops each entry with probability ``p``, seed ``seed + i``."""
+    """DARE's drop (``lsedu.dare``): task vector i drops each entry with probability ``p``, seed ``seed + i``.
+
+    Not called in a notebook: ``lsedu merge`` uses it for DARE recipes; see the appendix
+    (appendix_streaming_merge.ipynb).
+    """
 
     p: float
     seed: int
@@ -84,6 +99,9 @@ def block(name: str, rows, raw: Unit, ckpts: Sequence[Checkpoint], drop: Drop | 
     ``raw`` is what :class:`lsedu.merge.io.Reader` returned for ``ckpts = [base, *models]``.
     ``check``: look for NaN and inf (the first pass over the inputs does; later passes read the same bytes).
     The drop is :func:`lsedu.drop_rescale.drop_and_rescale` itself, on this block's slice of the tensor's draws.
+
+    Not called in a notebook: ``lsedu merge`` reads every block of rows with it; see the appendix
+    (appendix_streaming_merge.ipynb).
     """
     if check:
         check_finite(name, raw, ckpts)
@@ -102,19 +120,31 @@ def block(name: str, rows, raw: Unit, ckpts: Sequence[Checkpoint], drop: Drop | 
 # Each takes (blk, steps, trim, masks): ``trim`` (lsedu.merge.thresholds.Trim) holds the exact top-k thresholds
 # and their tie runs; ``masks`` the block's part of the masks read from disk (masks.load), else None.
 def average(blk: Block, steps: Steps, trim, masks) -> tuple[torch.Tensor, list]:
-    """``lsedu.uniform_soup`` itself, on the block's fine-tuned entries."""
+    """``lsedu.uniform_soup`` itself, on the block's fine-tuned entries.
+
+    Not called in a notebook: ``lsedu merge`` uses it for averaging recipes; see the appendix
+    (appendix_streaming_merge.ipynb).
+    """
     return uniform_soup([{"x": torch.from_numpy(s)} for s in blk.srcs])["x"], []
 
 
 def task_arithmetic(blk: Block, steps: Steps, trim, masks) -> tuple[torch.Tensor, list]:
-    """``b + lam * sum_i tau_i``: the fast path ``fused.task_arithmetic``."""
+    """``b + lam * sum_i tau_i``: the fast path ``fused.task_arithmetic``.
+
+    Not called in a notebook: ``lsedu merge`` uses it for task arithmetic recipes; see the appendix
+    (appendix_streaming_merge.ipynb).
+    """
     out = np.empty(blk.b.size, np.float32)
     fused.task_arithmetic(blk.b, blk.srcs, blk.is_tau, steps.lam, out)
     return torch.from_numpy(out), []
 
 
 def ties(blk: Block, steps: Steps, trim, masks) -> tuple[torch.Tensor, list]:
-    """TIES on the trimmed block: the fast path ``fused.ties``, one run of ties kept or not at a time."""
+    """TIES on the trimmed block: the fast path ``fused.ties``, one run of ties kept or not at a time.
+
+    Not called in a notebook: ``lsedu merge`` uses it for TIES recipes; see the appendix
+    (appendix_streaming_merge.ipynb), which checks the result bit for bit against ``lsedu.ties_merge``.
+    """
     out = np.empty(blk.b.size, np.float32)
     for a, z, allow in trim.runs(blk):
         fused.ties(blk.b[a:z], tuple(s[a:z] for s in blk.srcs), blk.is_tau, trim.thr, allow, steps.lam, out[a:z])
@@ -122,7 +152,11 @@ def ties(blk: Block, steps: Steps, trim, masks) -> tuple[torch.Tensor, list]:
 
 
 def stitch(blk: Block, steps: Steps, trim, masks) -> tuple[torch.Tensor, list]:
-    """Localize-and-Stitch with the dataless masks of the trim: the fast path ``fused.stitch`` (masks returned)."""
+    """Localize-and-Stitch with the dataless masks of the trim: the fast path ``fused.stitch`` (masks returned).
+
+    Not called in a notebook: ``lsedu merge`` uses it for Localize-and-Stitch recipes; see the appendix
+    (appendix_streaming_merge.ipynb).
+    """
     out = np.empty(blk.b.size, np.float32)
     made = np.empty((len(blk.srcs), blk.b.size), np.bool_)
     for a, z, allow in trim.runs(blk):
@@ -132,7 +166,11 @@ def stitch(blk: Block, steps: Steps, trim, masks) -> tuple[torch.Tensor, list]:
 
 
 def stitch_with_masks(blk: Block, steps: Steps, trim, masks) -> tuple[torch.Tensor, list]:
-    """Localize-and-Stitch with masks read from disk: ``lsedu.stitch`` itself."""
+    """Localize-and-Stitch with masks read from disk: ``lsedu.stitch`` itself.
+
+    Not called in a notebook: ``lsedu merge`` uses it for Localize-and-Stitch recipes that load saved masks; see the
+    appendix (appendix_streaming_merge.ipynb).
+    """
     flat = [m.reshape(-1) for m in masks]
     merged = stitch_reference({"x": torch.from_numpy(blk.b)}, [{"x": t} for t in blk.taus()], [{"x": m} for m in flat])
     return merged["x"], masks
@@ -145,6 +183,9 @@ class Steps:
     ``trim`` is ``"global"`` (each task vector's exact top-``density`` over
     all merged tensors: a sample and one extra read pass), ``"per_tensor"``
     (within each tensor) or None; ``lam`` scales the merged vector.
+
+    Not called in a notebook: ``lsedu merge`` uses it, for every block of a recipe; see the appendix
+    (appendix_streaming_merge.ipynb).
     """
 
     combine: Callable[[Block, Steps, object, object], tuple[torch.Tensor, list]]
@@ -169,6 +210,10 @@ STREAMED: dict[str, Callable[[dict], Steps]] = {
 
 
 def steps_of(method: str, params: dict, masks_loaded: bool = False) -> Steps:
-    """The :class:`Steps` of ``method`` (a registry name) with ``params``; stitching with loaded masks trims nothing."""
+    """The :class:`Steps` of ``method`` (a registry name) with ``params``; stitching with loaded masks trims nothing.
+
+    Not called in a notebook: ``lsedu merge`` uses it to turn a recipe into its steps; see the appendix
+    (appendix_streaming_merge.ipynb).
+    """
     steps = STREAMED[method](params)
     return replace(steps, combine=stitch_with_masks, trim=None) if masks_loaded else steps

@@ -63,6 +63,8 @@ class Checkpoint(Mapping):
     ``pytorch_model.bin``. Pickled files are opened with
     ``torch.load(weights_only=True, mmap=True)``: no code in them runs, and
     their pages are read on demand.
+
+    Explained in the appendix (appendix_streaming_merge.ipynb), which reads the merged folder with it.
     """
 
     def __init__(self, path: str | os.PathLike):
@@ -317,6 +319,8 @@ class ShardedWriter:
     be called. Shards are cut before ``max_shard_bytes``; with one shard the
     file is ``model.safetensors``, with more they are
     ``model-0000i-of-0000n.safetensors`` plus ``model.safetensors.index.json``.
+
+    Explained in the appendix (appendix_streaming_merge.ipynb), which writes its large test checkpoints with it.
     """
 
     def __init__(self, folder: Path, layout: Sequence[tuple[str, tuple[int, ...], torch.dtype]],
@@ -466,7 +470,11 @@ class _DirectFile:
 
 # --- masks -------------------------------------------------------------------
 class MaskWriter:
-    """Writes bool masks bit-packed, one tensor at a time, into one safetensors file."""
+    """Writes bool masks bit-packed, one tensor at a time, into one safetensors file.
+
+    Not called in a notebook: ``lsedu merge`` uses it to save Localize-and-Stitch masks; see the appendix
+    (appendix_streaming_merge.ipynb).
+    """
 
     def __init__(self, path: Path, layout: Sequence[tuple[str, tuple[int, ...]]], metadata: dict[str, str]):
         self.path = Path(path)
@@ -499,7 +507,11 @@ class MaskWriter:
 
 
 def save_masks(mask: Mapping[str, torch.Tensor], path: str | os.PathLike, **metadata: str) -> Path:
-    """Save one bool mask per tensor, bit-packed (1 bit an entry), as a safetensors file."""
+    """Save one bool mask per tensor, bit-packed (1 bit an entry), as a safetensors file.
+
+    Not called in a notebook: ``lsedu merge`` uses it (and ``lsedu.merge.MaskWriter`` writes the same format); see the
+    appendix (appendix_streaming_merge.ipynb).
+    """
     check_tensor_dict(mask, "mask")
     for n, m in mask.items():
         if m.dtype != torch.bool:
@@ -520,7 +532,10 @@ def save_masks(mask: Mapping[str, torch.Tensor], path: str | os.PathLike, **meta
 
 
 def load_masks(path: str | os.PathLike) -> Mask:
-    """Load masks saved by :func:`save_masks` (or by ``lsedu merge``) as bool tensors."""
+    """Load masks saved by :func:`save_masks` (or by ``lsedu merge``) as bool tensors.
+
+    Explained in the appendix (appendix_streaming_merge.ipynb), which loads the saved masks with it.
+    """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"mask file not found: {path}")
@@ -539,7 +554,11 @@ def load_masks(path: str | os.PathLike) -> Mask:
 
 # --- overlapping the disk and the cores ---------------------------------------------------------------
 class Unit(list):
-    """The tensors of one unit, one per checkpoint, and whether each is free of NaN and inf."""
+    """The tensors of one unit, one per checkpoint, and whether each is free of NaN and inf.
+
+    Not called in a notebook: ``lsedu merge`` uses it (one unit's tensors, one per input); see the appendix
+    (appendix_streaming_merge.ipynb).
+    """
 
     finite: list[bool]
 
@@ -554,6 +573,9 @@ class Reader:
     enough for :func:`prefetch`, which reads one unit ahead: it asks for
     unit i + 1 only once the caller is done with unit i - 1. One reader
     serves one :func:`prefetch` loop at a time.
+
+    Not called in a notebook: ``lsedu merge`` uses it (the lazy reads of every input); see the appendix
+    (appendix_streaming_merge.ipynb).
     """
 
     def __init__(self, ring: int = 2):
@@ -584,6 +606,9 @@ def prefetch(units, load):
     Reading (a copy out of the memory-mapped file) and the merge kernels both
     release the GIL, so the disk and the cores work at the same time; one
     unit ahead keeps the extra memory to one unit.
+
+    Not called in a notebook: ``lsedu merge`` uses it (reading ahead); see the appendix
+    (appendix_streaming_merge.ipynb).
     """
     units = list(units)
     if not units:
@@ -603,6 +628,9 @@ class WriteBehind:
     One write is in flight at a time, and an error in it surfaces at the next
     call. The tensors handed over must not change afterwards (the merge's
     outputs are fresh; a copied input is cloned out of the reader's buffers).
+
+    Not called in a notebook: ``lsedu merge`` uses it (writing behind); see the appendix
+    (appendix_streaming_merge.ipynb).
     """
 
     def __init__(self, writer: ShardedWriter):

@@ -34,6 +34,9 @@ class MergeRecipe(Config):
 
     After checking, ``merge_method`` is the method's registry name and
     ``parameters`` hold every parameter under its keyword, defaults filled in.
+
+    Not called in a notebook: ``lsedu merge`` uses it to hold the YAML recipe; see the appendix
+    (appendix_streaming_merge.ipynb).
     """
 
     merge_method: str
@@ -80,7 +83,11 @@ class MergeRecipe(Config):
 
 
 def parse_size(value) -> int:
-    """``2GB``, ``500MB``, ``1.5GiB`` or a number of bytes."""
+    """``2GB``, ``500MB``, ``1.5GiB`` or a number of bytes.
+
+    Not called in a notebook: ``lsedu merge`` uses it to read a recipe's ``shard_size``; see the appendix
+    (appendix_streaming_merge.ipynb).
+    """
     if isinstance(value, int) and not isinstance(value, bool) and value > 0:
         return value
     units = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
@@ -104,6 +111,9 @@ def load_recipe(path: str | os.PathLike) -> MergeRecipe:
         exclude: ["lm_head.*"]        # tensors copied from the base, unmerged
         output: merged/
         shard_size: 2GB
+
+    Not called in a notebook: ``lsedu merge`` uses it to read the YAML recipes; see the appendix
+    (appendix_streaming_merge.ipynb).
     """
     path = Path(path)
     raw = _read_mapping(path)

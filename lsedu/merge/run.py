@@ -56,7 +56,11 @@ PER_TENSOR_WHOLE_ENTRIES = 1 << 24
 
 # --- checks ------------------------------------------------------------------
 def check_layouts(base: Checkpoint, models: Sequence[Checkpoint]) -> None:
-    """Every model has the base's tensor names, shapes and dtypes; errors name the tensor and the files."""
+    """Every model has the base's tensor names, shapes and dtypes; errors name the tensor and the files.
+
+    Not called in a notebook: ``lsedu merge`` uses it before anything is written; see the appendix
+    (appendix_streaming_merge.ipynb).
+    """
     for m in models:
         extra = [n for n in m if n not in base]
         missing = [n for n in base if n not in m]
@@ -107,7 +111,10 @@ def _loaded_masks(recipe: MergeRecipe, base: Checkpoint, names: Sequence[str]) -
 @dataclass
 class MergeReport:
     """What a merge did: the output folder, the method, the tensors merged of all, how many times each input byte
-    was read on average, the seconds it took, the bytes of the inputs and the mask files saved."""
+    was read on average, the seconds it took, the bytes of the inputs and the mask files saved.
+
+    Explained in the appendix (appendix_streaming_merge.ipynb), which reads the saved masks off it.
+    """
 
     output: Path
     method: str
@@ -191,6 +198,8 @@ def merge_checkpoints(
     keep the checkpoint's dtype). Task arithmetic, TIES and dataless
     stitching run in their fast paths (:mod:`lsedu.merge.fused`), which the
     tests hold equal to those functions.
+
+    Explained in the appendix (appendix_streaming_merge.ipynb), whose ``lsedu merge`` runs it.
     """
     start = time.perf_counter()
     out = Path(output) if output is not None else recipe.output
@@ -290,7 +299,10 @@ def _replace_dir(src: Path, dst: Path) -> None:
 
 def merge(recipe: str | os.PathLike | MergeRecipe, output=None, *, overwrite: bool = False,
           progress: bool = True) -> MergeReport:
-    """Python API of ``lsedu merge``: a recipe file (or :class:`MergeRecipe`) in, a merged folder out."""
+    """Python API of ``lsedu merge``: a recipe file (or :class:`MergeRecipe`) in, a merged folder out.
+
+    Explained in the appendix (appendix_streaming_merge.ipynb), which merges its Localize-and-Stitch recipe with it.
+    """
     if not isinstance(recipe, MergeRecipe):
         recipe = load_recipe(recipe)
     return merge_checkpoints(recipe, output, overwrite=overwrite, progress=progress)

@@ -38,7 +38,11 @@ SAMPLE_ENTRIES = 1 << 16
 
 def bracket(sample: torch.Tensor, n: int, k: int) -> tuple[float, float, float]:
     """``lo, hi`` that hold the k-th largest of ``n`` values with high probability, given a sample of
-    them, and the fraction of the sample inside ``[lo, hi]`` (a point mass, such as DARE's zeros, counts)."""
+    them, and the fraction of the sample inside ``[lo, hi]`` (a point mass, such as DARE's zeros, counts).
+
+    Not called in a notebook: ``lsedu merge`` uses it to bracket each k-th value from a sample; see the appendix
+    (appendix_streaming_merge.ipynb).
+    """
     sample = sample[torch.isfinite(sample)]
     m = sample.numel()
     if m < 64:
@@ -58,7 +62,11 @@ MAX_CANDIDATES = 1 << 24
 
 
 class Bracketed:
-    """The pass that finds K exact k-th largest values of ``|tau_i|`` inside their brackets."""
+    """The pass that finds K exact k-th largest values of ``|tau_i|`` inside their brackets.
+
+    Not called in a notebook: ``lsedu merge`` uses it for the exact global thresholds; see the appendix
+    (appendix_streaming_merge.ipynb).
+    """
 
     def __init__(self, brackets, n: int, k: int, histograms: bool):
         self.n, self.k = n, k
@@ -89,7 +97,11 @@ class Bracketed:
 
 
 def sample_units(units, base: Checkpoint) -> list[tuple[str, tuple[int, int] | None]]:
-    """About one row in SAMPLE_STRIDE of every tensor in ``units``; 1-D tensors are read whole."""
+    """About one row in SAMPLE_STRIDE of every tensor in ``units``; 1-D tensors are read whole.
+
+    Not called in a notebook: ``lsedu merge`` uses it to sample the tensors for the brackets; see the appendix
+    (appendix_streaming_merge.ipynb).
+    """
     out = []
     for name in dict.fromkeys(n for n, _ in units):
         shape = base.shape(name)
@@ -102,7 +114,11 @@ def sample_units(units, base: Checkpoint) -> list[tuple[str, tuple[int, int] | N
 
 
 def thresholds(units, ckpts, steps: Steps, reader: Reader, progress: bool, what: str) -> Trim:
-    """Exact top-k of |tau_i| over ``units`` (name, rows), for every model at once, streamed."""
+    """Exact top-k of |tau_i| over ``units`` (name, rows), for every model at once, streamed.
+
+    Not called in a notebook: ``lsedu merge`` uses it for the exact global thresholds; see the appendix
+    (appendix_streaming_merge.ipynb).
+    """
     base, K = ckpts[0], len(ckpts) - 1
     load = lambda u: reader(u[0], u[1], ckpts)  # noqa: E731
     n = sum(math.prod(base.shape(name)) if rows is None else (rows[1] - rows[0]) * math.prod(base.shape(name)[1:])
@@ -140,7 +156,11 @@ def thresholds(units, ckpts, steps: Steps, reader: Reader, progress: bool, what:
 
 def sample_step(n: int, row: int) -> int:
     """A stride that samples about SAMPLE_ENTRIES of ``n`` entries, prime to the ``row`` length so that
-    the sample visits every column of a matrix, not the same few."""
+    the sample visits every column of a matrix, not the same few.
+
+    Not called in a notebook: ``lsedu merge`` uses it to sample the tensors for the brackets; see the appendix
+    (appendix_streaming_merge.ipynb).
+    """
     step = max(1, n // SAMPLE_ENTRIES)
     while step > 1 and math.gcd(step, row) != 1:
         step -= 1
@@ -151,6 +171,9 @@ def tensor_trim(blk: Block, density: float, row: int) -> Trim:
     """The exact top-``density`` of each task vector of one tensor held in memory (a per-tensor trim).
 
     ``row`` is the length of the tensor's rows (its entries past the first dimension).
+
+    Not called in a notebook: ``lsedu merge`` uses it for per-tensor trims; see the appendix
+    (appendix_streaming_merge.ipynb).
     """
     n = blk.b.size
     k = count_for_density(n, density)
@@ -177,6 +200,9 @@ class Trim:
     ``k - n_greater`` in feed order). :meth:`runs` cuts each block into runs
     in which every task keeps all of its ties or none, the form the fused
     kernels take.
+
+    Not called in a notebook: ``lsedu merge`` uses it for TIES's and Localize-and-Stitch's trims; see the appendix
+    (appendix_streaming_merge.ipynb).
     """
 
     def __init__(self, kths: Sequence[KthLargest]):

@@ -46,7 +46,10 @@ from . import causal_lm, paper, text, vision  # noqa: E402, F401, I001
 
 
 def load(name: str, track: str = "laptop", **kwargs) -> Setup:
-    """The setup ``name`` (``"text"``, ``"vision"``, ``"causal_lm"``) of ``track`` (``"laptop"`` or ``"paper"``)."""
+    """The setup ``name`` (``"text"``, ``"vision"``, ``"causal_lm"``) of ``track`` (``"laptop"`` or ``"paper"``).
+
+    Explained in notebook 01 (01_weights_as_vectors.ipynb); every chapter from 01 to 09 starts with it.
+    """
     if track not in ("laptop", "paper"):
         raise ValueError(f"track must be 'laptop' or 'paper', got {track!r}")
     if (name, track) not in SETUPS:

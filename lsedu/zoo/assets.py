@@ -20,11 +20,19 @@ from pathlib import Path
 
 
 class AssetMissing(FileNotFoundError):
-    """An asset of the laptop track is not installed; the message says how to install it."""
+    """An asset of the laptop track is not installed; the message says how to install it.
+
+    Not called in a notebook: ``lsedu.zoo.load`` raises it for a data file not installed; see notebook 01
+    (01_weights_as_vectors.ipynb).
+    """
 
 
 class AssetCorrupt(ValueError):
-    """An asset's file is there but its sha256 is not the one lsedu was tested with."""
+    """An asset's file is there but its sha256 is not the one lsedu was tested with.
+
+    Not called in a notebook: ``lsedu.zoo.load`` raises it for a damaged data file; see notebook 01
+    (01_weights_as_vectors.ipynb).
+    """
 
 
 @dataclass(frozen=True)
@@ -35,6 +43,9 @@ class Asset:
     some of these packages fail to import) and ``path`` is relative to its
     folder; or ``package`` is None and ``path`` is absolute (a Debian file).
     ``sha256`` is None for data folders checked by content elsewhere.
+
+    Not called in a notebook: the laptop setups' data files are declared with it; see notebook 01
+    (01_weights_as_vectors.ipynb).
     """
 
     name: str
@@ -82,7 +93,11 @@ _VERIFIED: dict[tuple[str, int, float], str] = {}
 
 
 def sha256_file(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file, read in 1 MB blocks; remembered per (path, size, mtime) for this process."""
+    """Hex sha256 of a file, read in 1 MB blocks; remembered per (path, size, mtime) for this process.
+
+    Not called in a notebook: the asset checks of ``lsedu.zoo.load`` use it; see notebook 01
+    (01_weights_as_vectors.ipynb).
+    """
     p = Path(path)
     st = p.stat()
     key = (str(p.resolve()), st.st_size, st.st_mtime)
@@ -129,7 +144,11 @@ ASSETS: dict[str, Asset] = {a.name: a for a in [
 
 
 def register(asset: Asset) -> Asset:
-    """Add an asset to :data:`ASSETS` (the setups of each track register theirs)."""
+    """Add an asset to :data:`ASSETS` (the setups of each track register theirs).
+
+    Not called in a notebook: the laptop setups register their data files with it; see notebook 01
+    (01_weights_as_vectors.ipynb).
+    """
     if asset.name in ASSETS and ASSETS[asset.name] != asset:
         raise ValueError(f"asset {asset.name!r} is already registered differently")
     ASSETS[asset.name] = asset
@@ -137,7 +156,11 @@ def register(asset: Asset) -> Asset:
 
 
 def asset_path(name: str, verify: bool = True) -> Path:
-    """The path of asset ``name`` (see :data:`ASSETS`), its sha256 checked unless ``verify=False``."""
+    """The path of asset ``name`` (see :data:`ASSETS`), its sha256 checked unless ``verify=False``.
+
+    Not called in a notebook: the laptop setups read their data files with it; see notebook 01
+    (01_weights_as_vectors.ipynb).
+    """
     if name not in ASSETS:
         raise KeyError(f"unknown asset {name!r}; known: {sorted(ASSETS)}")
     return ASSETS[name].verified() if verify else ASSETS[name].locate()

@@ -45,7 +45,11 @@ from .cache import StateDict, cached
 
 @dataclass
 class Split:
-    """Inputs and integer labels of one split. ``inputs`` is a list (texts, items) or a tensor (images)."""
+    """Inputs and integer labels of one split. ``inputs`` is a list (texts, items) or a tensor (images).
+
+    Not called in a notebook: every setup's tasks (notebooks 01 to 09) hold their splits in it; see notebook 01
+    (01_weights_as_vectors.ipynb).
+    """
 
     inputs: Any
     labels: torch.Tensor
@@ -81,7 +85,11 @@ class Split:
 
 @dataclass
 class TaskData:
-    """A labelled task with fixed train / validation / test splits."""
+    """A labelled task with fixed train / validation / test splits.
+
+    Not called in a notebook: every setup's tasks (notebooks 01 to 09) are given as one; see notebook 01
+    (01_weights_as_vectors.ipynb).
+    """
 
     name: str
     classes: tuple[str, ...]
@@ -102,6 +110,9 @@ def split_fixed(inputs: Any, labels: Sequence[int] | torch.Tensor, *, val: float
 
     ``val`` and ``test`` are fractions (< 1) or counts per class (>= 1).
     Stratified, so each split keeps the class balance of the data.
+
+    Not called in a notebook: the laptop setups cut their tasks into fixed splits with it; see notebook 01
+    (01_weights_as_vectors.ipynb).
     """
     labels = torch.as_tensor(labels, dtype=torch.long)
     g = torch.Generator().manual_seed(seed)
@@ -128,13 +139,21 @@ def split_fixed(inputs: Any, labels: Sequence[int] | torch.Tensor, *, val: float
 
 
 def instance_of(cls: type) -> Check:
-    """An instance of ``cls`` (a nested config); anything else is a TypeError."""
+    """An instance of ``cls`` (a nested config); anything else is a TypeError.
+
+    Not called in a notebook: the setups' configs check their fields with it; see the book's page on the two tracks
+    (book/tracks.md).
+    """
     return Check(f"a {cls.__name__}", lambda v: isinstance(v, cls), error=TypeError)
 
 
 def distinct(known: Sequence | None = None, *, item: Check | None = None, at_least: int = 1) -> Check:
     """A tuple (or any sequence but a string) of at least ``at_least`` distinct values, each one of ``known``
-    (or accepted by ``item``); stored as a tuple."""
+    (or accepted by ``item``); stored as a tuple.
+
+    Not called in a notebook: the setups' configs check their fields with it; see the book's page on the two tracks
+    (book/tracks.md).
+    """
     def accept(v) -> bool:
         if isinstance(v, (str, bytes)) or not isinstance(v, Sequence) or len(set(v)) != len(v) or len(v) < at_least:
             return False
@@ -146,7 +165,11 @@ def distinct(known: Sequence | None = None, *, item: Check | None = None, at_lea
 
 
 def mapping_of(value: Check, keys: Sequence[str] | None = None) -> Check:
-    """A dict whose keys are from ``keys`` (any key if None) and whose values ``value`` accepts; stored as a dict."""
+    """A dict whose keys are from ``keys`` (any key if None) and whose values ``value`` accepts; stored as a dict.
+
+    Not called in a notebook: the paper setups' configs check their fields with it; see the book's page on the two
+    tracks (book/tracks.md).
+    """
     def accept(v) -> bool:
         return isinstance(v, Mapping) and all((keys is None or k in keys) and value.accept(x) for k, x in v.items())
 
@@ -156,7 +179,11 @@ def mapping_of(value: Check, keys: Sequence[str] | None = None) -> Check:
 
 def rows(*columns: Check, at_least: int = 0) -> Check:
     """A sequence of at least ``at_least`` rows, each a tuple whose i-th entry ``columns[i]`` accepts;
-    stored as a tuple of tuples (``(("mnist", 150, 50, 100), ...)``)."""
+    stored as a tuple of tuples (``(("mnist", 150, 50, 100), ...)``).
+
+    Not called in a notebook: the setups' configs check their fields with it; see the book's page on the two tracks
+    (book/tracks.md).
+    """
     def accept(v) -> bool:
         return isinstance(v, Sequence) and not isinstance(v, str) and len(v) >= at_least and all(
             isinstance(r, Sequence) and not isinstance(r, str) and len(r) == len(columns)
@@ -168,13 +195,21 @@ def rows(*columns: Check, at_least: int = 0) -> Check:
 
 
 def text() -> Check:
-    """A string."""
+    """A string.
+
+    Not called in a notebook: the setups' configs check their fields with it; see the book's page on the two tracks
+    (book/tracks.md).
+    """
     return Check("a string", lambda v: isinstance(v, str), error=TypeError)
 
 
 @dataclass(frozen=True)
 class FinetuneConfig(Config):
-    """Hyperparameters of one fine-tune. Every field goes into the cache key."""
+    """Hyperparameters of one fine-tune. Every field goes into the cache key.
+
+    Not called in a notebook: every setup's fine-tunes (notebooks 01 to 09) are configured with it; see notebook 02
+    (02_model_soups.ipynb).
+    """
 
     epochs: int = checked(5, integer(low=1))
     lr: float = checked(1e-4, number(low=0, low_open=True))
@@ -194,7 +229,11 @@ SETUPS: dict[tuple[str, str], type[Setup]] = {}
 
 
 def register_setup(cls: type[Setup]) -> type[Setup]:
-    """Class decorator: list the setup ``cls`` in :data:`SETUPS` under ``(cls.name, cls.track)``."""
+    """Class decorator: list the setup ``cls`` in :data:`SETUPS` under ``(cls.name, cls.track)``.
+
+    Not called in a notebook: every setup of both tracks registers itself with it; see the book's page on the two tracks
+    (book/tracks.md).
+    """
     key = (cls.name, cls.track)
     if SETUPS.get(key, cls) is not cls:
         raise ValueError(f"setup {key} is already registered as {SETUPS[key].__qualname__}")
@@ -203,7 +242,11 @@ def register_setup(cls: type[Setup]) -> type[Setup]:
 
 
 def matches(name: str, patterns: Sequence[str]) -> bool:
-    """Whether tensor ``name`` matches one of the fnmatch ``patterns`` (case-sensitive)."""
+    """Whether tensor ``name`` matches one of the fnmatch ``patterns`` (case-sensitive).
+
+    Not called in a notebook: ``Setup.merge_names`` (the tensors that casestudy merges in notebooks 06 to 09) uses it;
+    see the book's page on the two tracks (book/tracks.md).
+    """
     return any(fnmatch.fnmatchcase(name, p) for p in patterns)
 
 
@@ -214,6 +257,9 @@ class Setup(abc.ABC):
     (``"laptop"`` or ``"paper"``), ``tasks`` (task names), ``finetune_config``
     (the default :class:`FinetuneConfig`). ``merge_patterns`` (optional)
     names the tensors a merge combines (:meth:`merge_names`).
+
+    Not called in a notebook: ``lsedu.zoo.load`` returns one of its subclasses (notebooks 01 to 09); see notebook 01
+    (01_weights_as_vectors.ipynb).
     """
 
     name: str = "setup"
@@ -476,7 +522,11 @@ class Setup(abc.ABC):
 
 @dataclass(frozen=True)
 class HeadConfig(Config):
-    """How the frozen linear heads are fitted on the pretrained body's features."""
+    """How the frozen linear heads are fitted on the pretrained body's features.
+
+    Not called in a notebook: the laptop text and vision setups fit their frozen heads with it; see notebook 01
+    (01_weights_as_vectors.ipynb).
+    """
 
     epochs: int = checked(100, integer(low=1))
     lr: float = checked(1e-2, number(low=0, low_open=True))
@@ -492,6 +542,9 @@ class ClassificationSetup(Setup):
     merging and localization all concern the body only, and the pretrained
     accuracy a table reports is this linear probe's. Subclasses provide
     :meth:`features` instead of :meth:`loss` and :meth:`predict`.
+
+    Not called in a notebook: the laptop text and vision setups (notebooks 01 to 07, 09) and the paper's CLIP setup are
+    ones; see notebook 01 (01_weights_as_vectors.ipynb).
     """
 
     head_config: HeadConfig = HeadConfig()
@@ -560,7 +613,11 @@ class ClassificationSetup(Setup):
 
 
 def normalized_accuracy(accuracy: Mapping[str, float], individual: Mapping[str, float]) -> float:
-    """Mean over tasks of ``accuracy[t] / individual[t]``: 1.0 means every fine-tune's accuracy is kept."""
+    """Mean over tasks of ``accuracy[t] / individual[t]``: 1.0 means every fine-tune's accuracy is kept.
+
+    Not called in a notebook: casestudy's tables (the normalized column of notebooks 06 to 09) use it; see notebook 07
+    (07_case_vision.ipynb).
+    """
     missing = set(accuracy) - set(individual)
     if missing:
         raise ValueError(f"no individual fine-tune accuracy for task(s) {sorted(missing)}")
@@ -571,7 +628,10 @@ def normalized_accuracy(accuracy: Mapping[str, float], individual: Mapping[str, 
 
 
 def results_table(rows: Mapping[str, Mapping[str, float]], individual: Mapping[str, float] | None = None):
-    """A DataFrame of ``{method: {task: accuracy}}``, with ``average`` and (given ``individual``) ``normalized``."""
+    """A DataFrame of ``{method: {task: accuracy}}``, with ``average`` and (given ``individual``) ``normalized``.
+
+    Explained in notebook 03 (03_task_arithmetic.ipynb), and used again in notebooks 04 and 05.
+    """
     import pandas as pd
 
     df = pd.DataFrame({m: dict(acc) for m, acc in rows.items()}).T

@@ -28,12 +28,20 @@ StateDict = dict[str, torch.Tensor]
 
 
 def cache_root() -> Path:
-    """The cache folder: ``$LSEDU_CACHE`` if set, else ``~/.cache/lsedu``."""
+    """The cache folder: ``$LSEDU_CACHE`` if set, else ``~/.cache/lsedu``.
+
+    Not called in a notebook: the zoo's cache of fine-tunes (notebooks 01 to 09) lives there; see the book's page on the
+    two tracks (book/tracks.md).
+    """
     return Path(os.environ.get("LSEDU_CACHE") or Path.home() / ".cache" / "lsedu").expanduser()
 
 
 def config_key(config: Mapping[str, Any]) -> str:
-    """A 16-hex-digit hash of ``config`` as canonical JSON (sorted keys): equal configs, equal keys."""
+    """A 16-hex-digit hash of ``config`` as canonical JSON (sorted keys): equal configs, equal keys.
+
+    Not called in a notebook: the zoo's cache keys its entries with it; see the book's page on the two tracks
+    (book/tracks.md).
+    """
     try:
         text = json.dumps(config, sort_keys=True, separators=(",", ":"), allow_nan=False)
     except (TypeError, ValueError) as e:
@@ -67,7 +75,11 @@ def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
 
 
 def entry_paths(kind: str, config: Mapping[str, Any]) -> tuple[Path, Path]:
-    """The ``(weights, record)`` paths of the cache entry for ``config``."""
+    """The ``(weights, record)`` paths of the cache entry for ``config``.
+
+    Not called in a notebook: the zoo's cache (``cached``, ``load_cached``) uses it; see the book's page on the two
+    tracks (book/tracks.md).
+    """
     if not kind or "/" in kind or kind.startswith("."):
         raise ValueError(f"kind must be a plain folder name, got {kind!r}")
     folder = cache_root() / kind
@@ -76,7 +88,11 @@ def entry_paths(kind: str, config: Mapping[str, Any]) -> tuple[Path, Path]:
 
 
 def load_cached(kind: str, config: Mapping[str, Any]) -> tuple[StateDict, dict] | None:
-    """The cached ``(state_dict, record)`` for ``config``, or None if there is none."""
+    """The cached ``(state_dict, record)`` for ``config``, or None if there is none.
+
+    Not called in a notebook: the zoo's cache (``cached``) uses it; see the book's page on the two tracks
+    (book/tracks.md).
+    """
     weights, record = entry_paths(kind, config)
     if not (weights.exists() and record.exists()):
         return None
@@ -97,6 +113,9 @@ def cached(
     Returns ``(state_dict, record)`` where ``record`` holds ``config``,
     ``metrics``, ``seconds`` (how long the build took) and ``versions``.
     ``refresh=True`` builds again and overwrites the entry.
+
+    Not called in a notebook: the setups cache their fine-tunes with it (trained on first use, then cached); see
+    notebook 03 (03_task_arithmetic.ipynb).
     """
     if not refresh:
         hit = load_cached(kind, config)

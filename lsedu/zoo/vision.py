@@ -144,6 +144,9 @@ class VisionConfig(Config):
       Adam at 1e-4 with a 10% warm-up: at 3e-4 without warm-up the first
       steps wreck the ImageNet features (an MNIST fine-tune then ends below
       its own linear probe).
+
+    Not called in a notebook: the laptop vision setup of notebooks 01 to 05, 07 and 09 is configured with it; see
+    notebook 01 (01_weights_as_vectors.ipynb).
     """
 
     tasks: tuple[str, ...] = checked(TASKS, distinct(TASKS))
@@ -194,6 +197,9 @@ def lite0_key_to_timm(key: str) -> str:
     block ``i`` (0..15, flat) is block ``j`` of stage ``stage``
     (:data:`LITE0_STAGE_DEPTHS`); the stem, head and classifier are renamed
     as in ``_TOP``. An unknown key raises ValueError.
+
+    Not called in a notebook: the laptop vision setup of notebooks 01 to 05, 07 and 09 uses it; see notebook 01
+    (01_weights_as_vectors.ipynb).
     """
     m = re.fullmatch(r"_blocks\.(\d+)\.(\w+)\.(\w+)", key)
     if m:
@@ -212,7 +218,11 @@ def lite0_key_to_timm(key: str) -> str:
 
 def lite0_to_timm(state_dict: Mapping[str, torch.Tensor], *, classifier: bool = False) -> StateDict:
     """The package checkpoint renamed for timm's ``tf_efficientnet_lite0`` (the ImageNet classifier dropped
-    unless ``classifier=True``). Tensors are not copied."""
+    unless ``classifier=True``). Tensors are not copied.
+
+    Not called in a notebook: the laptop vision setup of notebooks 01 to 05, 07 and 09 uses it; see notebook 01
+    (01_weights_as_vectors.ipynb).
+    """
     out = {lite0_key_to_timm(k): v for k, v in state_dict.items()}
     if not classifier:
         out = {k: v for k, v in out.items() if not k.startswith("classifier.")}
@@ -225,6 +235,9 @@ def freeze_batchnorm_stats(model: nn.Module) -> nn.Module:
     A forward pre-hook puts them back in eval mode before each forward, so
     they normalise with their running statistics and never update them; their
     ``weight`` and ``bias`` still train. Returns ``model`` (changed in place).
+
+    Not called in a notebook: the laptop vision setup of notebooks 01 to 05, 07 and 09 fine-tunes with it; see notebook
+    04 (04_interference_ties_dare.ipynb), which says why.
     """
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
 
@@ -241,6 +254,9 @@ def build_encoder() -> nn.Module:
 
     No dropout and no stochastic depth (they would only add noise to short,
     seeded fine-tunes); batch-norm statistics frozen (module docstring).
+
+    Not called in a notebook: the laptop vision setup of notebooks 01 to 05, 07 and 09 uses it; see notebook 01
+    (01_weights_as_vectors.ipynb).
     """
     import timm
 
@@ -252,7 +268,11 @@ def build_encoder() -> nn.Module:
 
 
 def read_idx(path: str | Path) -> np.ndarray:
-    """An IDX file (gzipped, as MNIST and Fashion-MNIST ship) as a uint8 array shaped as its header says."""
+    """An IDX file (gzipped, as MNIST and Fashion-MNIST ship) as a uint8 array shaped as its header says.
+
+    Not called in a notebook: the laptop vision setup of notebooks 01 to 05, 07 and 09 uses it; see notebook 01
+    (01_weights_as_vectors.ipynb).
+    """
     with gzip.open(path, "rb") as f:
         raw = f.read()
     if len(raw) < 4 or raw[:2] != b"\0\0" or raw[2] != 0x08:
@@ -292,6 +312,9 @@ def rotated(images: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor
     """Each image turned by a seeded multiple of 90 degrees (counter-clockwise), and that multiple as label.
 
     Exactly a quarter of the images (up to rounding) get each turn.
+
+    Not called in a notebook: the laptop vision setup of notebooks 01 to 05, 07 and 09 uses it (the ``rotation`` task);
+    see notebook 01 (01_weights_as_vectors.ipynb).
     """
     g = torch.Generator().manual_seed(seed)
     turns = (torch.arange(len(images)) % 4)[torch.randperm(len(images), generator=g)]
@@ -308,7 +331,11 @@ def _fashion_half(second: bool) -> tuple[torch.Tensor, torch.Tensor]:
 
 @dataclass(frozen=True)
 class ImageTask:
-    """One laptop image task: its uint8 images ``[n, h, w]`` and labels (``images(seed)``), classes, assets, source."""
+    """One laptop image task: its uint8 images ``[n, h, w]`` and labels (``images(seed)``), classes, assets, source.
+
+    Not called in a notebook: the laptop vision setup of notebooks 01 to 05, 07 and 09 uses it; see notebook 01
+    (01_weights_as_vectors.ipynb).
+    """
 
     images: Callable[[int], tuple[torch.Tensor, torch.Tensor]]
     classes: tuple[str, ...]
@@ -330,7 +357,11 @@ IMAGE_TASKS: dict[str, ImageTask] = {
 
 
 def task_images(task: str, seed: int) -> tuple[torch.Tensor, torch.Tensor, tuple[str, ...], str]:
-    """``(uint8 images [n, h, w], labels [n], class names, source)`` of ``task``, before any split."""
+    """``(uint8 images [n, h, w], labels [n], class names, source)`` of ``task``, before any split.
+
+    Not called in a notebook: the laptop vision setup of notebooks 01 to 05, 07 and 09 uses it; see notebook 01
+    (01_weights_as_vectors.ipynb).
+    """
     if task not in IMAGE_TASKS:
         raise ValueError(f"unknown vision task {task!r}; the tasks are {list(TASKS)}")
     spec = IMAGE_TASKS[task]
@@ -342,6 +373,9 @@ def load_task_data(task: str, cfg: VisionConfig = VISION) -> TaskData:
 
     Inputs are uint8 tensors ``[n, h, w]``; :meth:`VisionSetup.batches` turns
     them into normalised ``[batch, 3, s, s]`` floats.
+
+    Not called in a notebook: the laptop vision setup of notebooks 01 to 05, 07 and 09 uses it; see notebook 01
+    (01_weights_as_vectors.ipynb).
     """
     x, y, classes, source = task_images(task, cfg.seed)
     n_train, n_val, n_test = cfg.sizes(task)
@@ -356,7 +390,11 @@ def load_task_data(task: str, cfg: VisionConfig = VISION) -> TaskData:
 
 def to_encoder_input(images: torch.Tensor, cfg: VisionConfig = VISION) -> torch.Tensor:
     """uint8 ``[n, h, w]`` grey images -> float ``[n, 3, s, s]``: upsampled (bilinear), grey on 3 channels,
-    normalised with ``cfg.mean`` and ``cfg.std``."""
+    normalised with ``cfg.mean`` and ``cfg.std``.
+
+    Not called in a notebook: the laptop vision setup of notebooks 01 to 05, 07 and 09 uses it; see notebook 01
+    (01_weights_as_vectors.ipynb).
+    """
     if images.dtype != torch.uint8 or images.dim() != 3:
         raise ValueError(f"images must be a uint8 tensor [n, h, w], got {images.dtype} {tuple(images.shape)}")
     x = images.float().div(255).unsqueeze(1)
@@ -373,6 +411,9 @@ class VisionSetup(ClassificationSetup):
 
     ``VisionSetup(config=VisionConfig(...))`` or keyword overrides of
     :class:`VisionConfig` fields, e.g. ``VisionSetup(image_size=32, tasks=("mnist",))``.
+
+    Explained in notebook 01 (01_weights_as_vectors.ipynb), which loads it with ``lsedu.zoo.load("vision")``, as do
+    notebooks 02 to 05, 07 and 09.
     """
 
     name = "vision"

@@ -49,6 +49,9 @@ class Synset:
     ``gloss`` is the gloss's first clause (before ``;``) without quotes,
     ``definition`` the gloss before its first quoted example, without a
     trailing ``;`` or ``,`` (the text setup's noun definitions).
+
+    Not called in a notebook: the laptop text setup (notebook 06) and causal-LM setup (notebook 08) read WordNet's nouns
+    as these; see notebook 08 (08_case_causal_lm.ipynb).
     """
 
     offset: int
@@ -76,6 +79,9 @@ def read_wordnet_nouns(path: str | os.PathLike) -> dict[int, Synset]:
     ``noun.`` + ``NOUN_LEXNAMES[lex_filenum - 3]``. Hypernyms are the ``@``
     and ``@i`` pointers. The gloss's quoted usage examples contain the word
     being defined, so both cuts of it drop them.
+
+    Not called in a notebook: the laptop text setup (notebook 06) and causal-LM setup (notebook 08) use it; see notebook
+    08 (08_case_causal_lm.ipynb).
     """
     out = {}
     with open(path, encoding="utf-8", errors="replace") as f:
@@ -97,7 +103,11 @@ def read_wordnet_nouns(path: str | os.PathLike) -> dict[int, Synset]:
 
 
 def definitions(synsets: Mapping[int, Synset]) -> list[tuple[str, str]]:
-    """``(definition, lexicographer category)`` of every synset, in order: the text setup's ``noun_category`` texts."""
+    """``(definition, lexicographer category)`` of every synset, in order: the text setup's ``noun_category`` texts.
+
+    Not called in a notebook: the laptop text setup of notebook 06 uses it (the ``noun_category`` texts); see notebook
+    06 (06_case_language.ipynb).
+    """
     return [(s.definition, s.lexname) for s in synsets.values()]
 
 
@@ -108,7 +118,11 @@ def _plain_word(w: str) -> bool:
 
 
 def read_wordnet_index(path: str | os.PathLike) -> dict[str, tuple[int, ...]]:
-    """Parse WordNet's ``index.noun``: ``{lemma: synset offsets}``, the most frequent sense first."""
+    """Parse WordNet's ``index.noun``: ``{lemma: synset offsets}``, the most frequent sense first.
+
+    Not called in a notebook: the laptop causal-LM setup of notebook 08 uses it (``common_nouns``); see notebook 08
+    (08_case_causal_lm.ipynb).
+    """
     out = {}
     with open(path, encoding="utf-8", errors="replace") as f:
         for line in f:
@@ -120,7 +134,11 @@ def read_wordnet_index(path: str | os.PathLike) -> dict[str, tuple[int, ...]]:
 
 
 def read_word_ranks(path: str | os.PathLike) -> dict[str, int]:
-    """``{word: rank}`` from Norvig's ``count_1w.txt`` (word TAB count, most frequent first): 0 is "the"."""
+    """``{word: rank}`` from Norvig's ``count_1w.txt`` (word TAB count, most frequent first): 0 is "the".
+
+    Not called in a notebook: the laptop causal-LM setup of notebook 08 uses it (``common_nouns``); see notebook 08
+    (08_case_causal_lm.ipynb).
+    """
     with open(path, encoding="utf-8") as f:
         return {line.split("\t", 1)[0]: i for i, line in enumerate(f)}
 
@@ -131,6 +149,9 @@ def common_nouns(synsets: Mapping[int, Synset], index: Mapping[str, Sequence[int
 
     ``index.noun`` lowercases every lemma, so a word counts only if its
     sense spells it in lowercase too: no names ("Isaac") or acronyms ("PVC").
+
+    Not called in a notebook: the laptop causal-LM setup of notebook 08 uses it (the ``science`` and ``truthful``
+    skills); see notebook 08 (08_case_causal_lm.ipynb).
     """
     return {w: synsets[offs[0]] for w, offs in index.items()
             if _plain_word(w) and ranks.get(w, max_rank) < max_rank and w in synsets[offs[0]].lemmas}

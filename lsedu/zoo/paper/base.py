@@ -40,6 +40,9 @@ def from_hub(load: Callable[[], T], hub_id: str, what: str, laptop: str,
     (``ConnectionError``, ``FileNotFoundError``, "couldn't connect") when a
     file is neither downloadable nor cached; open_clip raises ``RuntimeError``
     (pass it in ``errors``). The message keeps the library's first line.
+
+    Not called in a notebook: the setups of the paper track (``TRACK = "paper"`` in notebooks 06 to 09) use it; see the
+    book's page on the two tracks (book/tracks.md).
     """
     try:
         return load()
@@ -86,7 +89,11 @@ def _pick_tasks(tasks, default: Sequence[str], data: Mapping | None, known: Mapp
 
 
 def data_fingerprint(data: Mapping[str, TaskData]) -> str:
-    """A 16-hex-digit hash of injected task data (classes, labels and inputs of every split), for cache keys."""
+    """A 16-hex-digit hash of injected task data (classes, labels and inputs of every split), for cache keys.
+
+    Not called in a notebook: the paper setups key their cache with it when given injected data (the tests' tiny
+    setups); see the book's page on the two tracks (book/tracks.md).
+    """
     h = hashlib.sha256()
     for name in sorted(data):
         td = data[name]
@@ -109,6 +116,9 @@ def tiny_bpe_tokenizer(texts: Iterable[str], kind: Literal["roberta", "gpt2"], v
     real one, so prompts, label words and lm-eval requests go through the
     same code. ``"roberta"``: ``<s> <pad> </s> <unk> <mask>`` (ids 0-4, as
     roberta-base); ``"gpt2"``: ``<|endoftext|>`` (id 0) as bos, eos and pad.
+
+    Not called in a notebook: the tiny language setups of the paper track (the tests) train their tokenizers with it;
+    see the book's page on the two tracks (book/tracks.md).
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -133,37 +143,61 @@ def tiny_bpe_tokenizer(texts: Iterable[str], kind: Literal["roberta", "gpt2"], v
 
 
 def vocab_hash(tokenizer) -> str:
-    """A 16-hex-digit hash of a tokenizer's vocabulary (the tiny tokenizers are trained, so it is in the key)."""
+    """A 16-hex-digit hash of a tokenizer's vocabulary (the tiny tokenizers are trained, so it is in the key).
+
+    Not called in a notebook: the tiny language setups of the paper track (the tests) key their cache with it; see the
+    book's page on the two tracks (book/tracks.md).
+    """
     return hashlib.sha256(json.dumps(sorted(tokenizer.get_vocab().items())).encode()).hexdigest()[:16]
 
 
 def seeded(build: Callable[[], T], seed: int) -> T:
-    """``build()`` with torch's global RNG seeded, then restored: a random init that is the same every call."""
+    """``build()`` with torch's global RNG seeded, then restored: a random init that is the same every call.
+
+    Not called in a notebook: the CLIP setup of the paper track (``TRACK = "paper"`` in notebooks 07 and 09) builds its
+    model with it; see the book's page on the two tracks (book/tracks.md).
+    """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return build()
 
 
 def check_batch_size(batch_size) -> None:
-    """ValueError unless ``batch_size`` is a positive int."""
+    """ValueError unless ``batch_size`` is a positive int.
+
+    Not called in a notebook: the setups of the paper track (``TRACK = "paper"`` in notebooks 06 to 09) use it; see the
+    book's page on the two tracks (book/tracks.md).
+    """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
 
 
 def batch_order(n: int, shuffle: bool, generator: torch.Generator | None) -> torch.Tensor:
-    """A seeded random order of ``0..n-1`` with ``shuffle``, else ``0..n-1``."""
+    """A seeded random order of ``0..n-1`` with ``shuffle``, else ``0..n-1``.
+
+    Not called in a notebook: the setups of the paper track (``TRACK = "paper"`` in notebooks 06 to 09) use it; see the
+    book's page on the two tracks (book/tracks.md).
+    """
     return torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
 
 
 def subsample(n: int, cap: int | None, seed: int) -> torch.Tensor:
-    """Row indices ``0..n-1``, or a seeded sorted random ``cap`` of them."""
+    """Row indices ``0..n-1``, or a seeded sorted random ``cap`` of them.
+
+    Not called in a notebook: the setups of the paper track (``TRACK = "paper"`` in notebooks 06 to 09) use it; see the
+    book's page on the two tracks (book/tracks.md).
+    """
     if cap is None or cap >= n:
         return torch.arange(n)
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:cap].sort().values
 
 
 def hub_labels(dset, column: str) -> torch.Tensor:
-    """Column ``column`` of a hub dataset as a long tensor."""
+    """Column ``column`` of a hub dataset as a long tensor.
+
+    Not called in a notebook: the roberta-base and CLIP setups of the paper track (``TRACK = "paper"`` in notebooks 06,
+    07 and 09) use it; see the book's page on the two tracks (book/tracks.md).
+    """
     return torch.as_tensor(list(dset[column]), dtype=torch.long)
 
 
@@ -178,6 +212,9 @@ class PaperSetup(Setup):
     default if None); ``data`` is ``{task: TaskData}`` replacing the hub
     datasets, and then ``tasks`` defaults to the injected ones. Fine-tuning
     updates, and merges combine, the tensors matching :attr:`merge_patterns`.
+
+    Not called in a notebook: the setups of the paper track (``TRACK = "paper"`` in notebooks 06 to 09) are ones; see
+    the book's page on the two tracks (book/tracks.md).
     """
 
     track = "paper"
@@ -237,6 +274,9 @@ class TransformersLM(PaperSetup):
     (:func:`tiny_bpe_tokenizer`, :attr:`tokenizer_kind`) trained on
     :meth:`tiny_corpus`, the injected data (required then, unless a
     ``tokenizer`` is passed), and the config is :attr:`tiny_model` around it.
+
+    Not called in a notebook: the language setups of the paper track (``TRACK = "paper"`` in notebooks 06 to 09) are
+    ones; see the book's page on the two tracks (book/tracks.md).
     """
 
     tokenizer_kind: ClassVar[Literal["roberta", "gpt2"]]

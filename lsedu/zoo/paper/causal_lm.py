@@ -36,6 +36,9 @@ class LLMTask:
     benchmark's own dataset, read as multiple-choice items
     ``{"prompt", "options"}`` (the format of the laptop causal-LM setup) for
     our own scoring and for trained localization; ``rows`` names the reader.
+
+    Not called in a notebook: the GPT2-XL setup of the paper track (``TRACK = "paper"`` in notebook 08) uses it; see the
+    book's page on the two tracks (book/tracks.md).
     """
 
     finetune: str | None
@@ -69,7 +72,11 @@ GPT2XL_TASKS: dict[str, LLMTask] = {
 
 
 def mc_item(kind: str, row: Mapping[str, Any]) -> tuple[dict, int]:
-    """``({"prompt", "options"}, answer index)`` of a benchmark row, with lm-eval's prompt and answer format."""
+    """``({"prompt", "options"}, answer index)`` of a benchmark row, with lm-eval's prompt and answer format.
+
+    Not called in a notebook: the GPT2-XL setup of the paper track (``TRACK = "paper"`` in notebook 08) uses it; see the
+    book's page on the two tracks (book/tracks.md).
+    """
     if kind == "mmlu":
         letters = "ABCD"
         prompt = row["question"].strip() + "".join(f"\n{l}. {c}" for l, c in zip(letters, row["choices"]))
@@ -93,6 +100,9 @@ def load_llm_task(name: str, spec: LLMTask, max_train: int, seed: int) -> TaskDa
     localization on its train half has seen questions lm-eval then scores:
     use dataless localization for this skill, or ``GPT2XLConfig(lm_eval=False)``
     to score only the held-out 40%.
+
+    Not called in a notebook: the GPT2-XL setup of the paper track (``TRACK = "paper"`` in notebook 08) uses it; see the
+    book's page on the two tracks (book/tracks.md).
     """
     import datasets
 
@@ -127,6 +137,9 @@ def run_lm_eval(model: nn.Module, tokenizer, spec: LLMTask, *, batch_size: int =
     (merged weights included), so nothing is written to disk. Seeds are
     fixed; ``bootstrap_iters=0`` skips the stderr bootstrap. The benchmark
     data comes from the hub: offline, :class:`AssetMissing`.
+
+    Not called in a notebook: the GPT2-XL setup of the paper track (``TRACK = "paper"`` in notebook 08) uses it; see the
+    book's page on the two tracks (book/tracks.md).
     """
     import lm_eval
     from lm_eval.models.huggingface import HFLM
@@ -144,6 +157,9 @@ def lm_eval_accuracies(results: Mapping[str, Any], tasks: Mapping[str, LLMTask])
     ValueError naming the benchmark or metric that is missing, and the ones
     that are there (a results dict from another task list, or a metric name
     of another lm-eval version).
+
+    Not called in a notebook: the GPT2-XL setup of the paper track (``TRACK = "paper"`` in notebook 08) uses it; see the
+    book's page on the two tracks (book/tracks.md).
     """
     if not isinstance(results, Mapping) or not isinstance(results.get("results"), Mapping):
         raise ValueError("results must be lm_eval.simple_evaluate's dict, with a 'results' entry per task")
@@ -186,6 +202,9 @@ class GPT2XLConfig(Config):
       log-likelihood rule. ``lm_eval_batch_size`` / ``lm_eval_limit`` pass to lm-eval.
     * ``finetune``: used only where a skill has no public fine-tune and the
       model is trained here (``tiny``).
+
+    Not called in a notebook: the GPT2-XL setup (``TRACK = "paper"`` in notebook 08) is configured with it; see the
+    book's page on the two tracks (book/tracks.md).
     """
 
     model: str = checked("openai-community/gpt2-xl", text())
@@ -228,6 +247,9 @@ class GPT2XL(MultipleChoiceLM, TransformersLM):
     2-block GPT-2 (:data:`TINY_GPT2`) with a tokenizer trained on ``data``;
     a random model has no public fine-tunes, so there :meth:`finetune` trains
     on the task's train split with the shared trainer.
+
+    Explained in notebook 08 (08_case_causal_lm.ipynb) with ``TRACK = "paper"``; the paper track is described on the
+    page Two tracks (book/tracks.md).
     """
 
     name = "causal_lm"

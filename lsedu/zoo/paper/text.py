@@ -32,6 +32,9 @@ def few_shot_indices(labels: Sequence[int] | torch.Tensor, shots: int, seed: int
     same size from the original training data. Labels below 0 (unlabelled
     rows, e.g. SNLI's -1) are never drawn. A class with fewer than
     ``2 * shots`` rows is an error that names it.
+
+    Not called in a notebook: the roberta-base setup of the paper track (``TRACK = "paper"`` in notebook 06) uses it;
+    see the book's page on the two tracks (book/tracks.md).
     """
     labels = torch.as_tensor(labels, dtype=torch.long)
     if isinstance(shots, bool) or not isinstance(shots, int) or shots < 1:
@@ -85,6 +88,9 @@ class PromptTask:
     ``Ġ`` token. ``label_words`` maps each class, by its name on the hub, to
     the word the MLM head should put at ``{mask}``; the word is scored with a
     leading space, as in LM-BFF, and must be one token.
+
+    Not called in a notebook: the roberta-base setup of the paper track (``TRACK = "paper"`` in notebook 06) uses it;
+    see the book's page on the two tracks (book/tracks.md).
     """
 
     hub: str
@@ -152,6 +158,9 @@ def prompt_pieces(template: str, sentences: Sequence[str]) -> list[tuple[str, st
 
     >>> prompt_pieces("{s0} It was{mask}.", ["A fine film."])
     [('sentence', 'A fine film.'), ('text', ' It was'), ('mask', ''), ('text', '.')]
+
+    Not called in a notebook: the roberta-base setup of the paper track (``TRACK = "paper"`` in notebook 06) uses it;
+    see the book's page on the two tracks (book/tracks.md).
     """
     if isinstance(sentences, str):
         sentences = [sentences]
@@ -194,6 +203,9 @@ def encode_prompt(tokenizer, pieces: Sequence[tuple[str, str]], max_length: int)
     does; the mask is the tokenizer's mask token. If the prompt is too long,
     sentences lose tokens at their end, longest sentence first, so the
     template (and its mask) always survives.
+
+    Not called in a notebook: the roberta-base setup of the paper track (``TRACK = "paper"`` in notebook 06) uses it;
+    see the book's page on the two tracks (book/tracks.md).
     """
     parts = [[tokenizer.mask_token_id] if kind == "mask" else tokenizer.encode(text, add_special_tokens=False)
              for kind, text in pieces]
@@ -216,7 +228,11 @@ def encode_prompt(tokenizer, pieces: Sequence[tuple[str, str]], max_length: int)
 
 
 def label_word_ids(tokenizer, words: Sequence[str]) -> list[int]:
-    """The token id of ``" " + word`` for each label word; ValueError if a word is not one token (LM-BFF's rule)."""
+    """The token id of ``" " + word`` for each label word; ValueError if a word is not one token (LM-BFF's rule).
+
+    Not called in a notebook: the roberta-base setup of the paper track (``TRACK = "paper"`` in notebook 06) uses it;
+    see the book's page on the two tracks (book/tracks.md).
+    """
     out = []
     for w in words:
         ids = tokenizer.encode(" " + w, add_special_tokens=False)
@@ -228,7 +244,11 @@ def label_word_ids(tokenizer, words: Sequence[str]) -> list[int]:
 
 
 def load_prompt_task(name: str, spec: PromptTask, shots: int, seed: int, max_test: int | None) -> TaskData:
-    """An LM-BFF task from the hub: ``shots`` per class for train and for val (disjoint, seeded), and the test set."""
+    """An LM-BFF task from the hub: ``shots`` per class for train and for val (disjoint, seeded), and the test set.
+
+    Not called in a notebook: the roberta-base setup of the paper track (``TRACK = "paper"`` in notebook 06) uses it;
+    see the book's page on the two tracks (book/tracks.md).
+    """
     import datasets
 
     where = f"{spec.hub}" + (f" ({spec.hub_config})" if spec.hub_config else "")
@@ -262,6 +282,9 @@ class RobertaLMBFFConfig(Config):
       whole epochs per task by :meth:`RobertaLMBFF.finetune_config_for`.
     * ``finetune``: learning rate, batch size and seed of a fine-tune (LM-BFF
       searches lr in {1e-5, 2e-5, 5e-5} and batch size in {2, 4, 8}; we fix one point).
+
+    Not called in a notebook: the roberta-base setup (``TRACK = "paper"`` in notebook 06) is configured with it; see the
+    book's page on the two tracks (book/tracks.md).
     """
 
     model: str = checked("FacebookAI/roberta-base", text())
@@ -298,6 +321,9 @@ class RobertaLMBFF(TransformersLM):
     tiny=False, data=None, tokenizer=None)``: ``tiny=True`` is a random
     2-layer RoBERTa (:data:`TINY_ROBERTA`) with a tokenizer trained on the
     injected ``data`` (required then); ``data`` replaces the hub datasets.
+
+    Explained in notebook 06 (06_case_language.ipynb) with ``TRACK = "paper"``; the paper track is described on the page
+    Two tracks (book/tracks.md).
     """
 
     name = "text"

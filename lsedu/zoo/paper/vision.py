@@ -35,6 +35,9 @@ class VisionTask:
 
     ``classnames`` overrides the dataset's label names where those are not
     words CLIP knows (digits, EuroSAT's CamelCase folders, GTSRB's numbers).
+
+    Not called in a notebook: the CLIP setup of the paper track (``TRACK = "paper"`` in notebooks 07 and 09) uses it;
+    see the book's page on the two tracks (book/tracks.md).
     """
 
     hub: str
@@ -106,6 +109,9 @@ def zero_shot_weights(clip_model: nn.Module, tokenizer, classnames: Sequence[str
     Row ``c`` is ``exp(logit_scale)`` times the normalised mean of the
     normalised text embeddings of ``template.format(c=classname)`` over the
     templates. Logits are then ``normalize(image features) @ weights.T``.
+
+    Not called in a notebook: the CLIP setup of the paper track (``TRACK = "paper"`` in notebooks 07 and 09) uses it;
+    see the book's page on the two tracks (book/tracks.md).
     """
     if not classnames or not templates:
         raise ValueError(f"need at least one class name and one template, got {len(classnames)} and {len(templates)}")
@@ -119,14 +125,22 @@ def zero_shot_weights(clip_model: nn.Module, tokenizer, classnames: Sequence[str
 
 @dataclass(frozen=True)
 class HubRow:
-    """A lazy image: row ``index`` of split ``split`` of a task's hub dataset (decoded only when batched)."""
+    """A lazy image: row ``index`` of split ``split`` of a task's hub dataset (decoded only when batched).
+
+    Not called in a notebook: the CLIP setup of the paper track (``TRACK = "paper"`` in notebooks 07 and 09) uses it;
+    see the book's page on the two tracks (book/tracks.md).
+    """
 
     split: str
     index: int
 
 
 def holdout_indices(labels: torch.Tensor, fraction: float, cap: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(train, val)`` row indices: a seeded, class-stratified ``fraction`` of the rows (at most ``cap``) is val."""
+    """``(train, val)`` row indices: a seeded, class-stratified ``fraction`` of the rows (at most ``cap``) is val.
+
+    Not called in a notebook: the CLIP setup of the paper track (``TRACK = "paper"`` in notebooks 07 and 09) uses it;
+    see the book's page on the two tracks (book/tracks.md).
+    """
     if not 0 < fraction < 1:
         raise ValueError(f"fraction must be in (0, 1), got {fraction!r}")
     g = torch.Generator().manual_seed(seed)
@@ -155,6 +169,9 @@ class ClipViTB32Config(Config):
       base trainer keeps the rate constant after warm-up (task_vectors: cosine)
       and uses the deterministic test transform for training (task_vectors:
       open_clip's random-crop train transform).
+
+    Not called in a notebook: the CLIP setup (``TRACK = "paper"`` in notebooks 07 and 09) is configured with it; see the
+    book's page on the two tracks (book/tracks.md).
     """
 
     arch: str = checked("ViT-B-32", text())
@@ -194,6 +211,9 @@ class ClipViTB32(PaperSetup, ClassificationSetup):
     tiny=False, data=None)``: ``tiny=True`` is a random toy CLIP
     (:data:`TINY_CLIP`); ``data`` replaces the hub datasets (inputs: a float
     tensor ``[N, 3, H, W]`` already preprocessed, or PIL images).
+
+    Explained in notebooks 07 and 09 (07_case_vision.ipynb, 09_what_matters_at_scale.ipynb) with ``TRACK = "paper"``;
+    the paper track is described on the page Two tracks (book/tracks.md).
     """
 
     name = "vision"
