@@ -43,7 +43,7 @@ from typing import Any
 from .arithmetic import task_arithmetic
 from .config import Check, choice, integer, number
 from .drop_rescale import dare_merge
-from .localize_stitch import localize_dataless, localize_trained, stitch
+from .localize_stitch import localize_trained, stitch_dataless
 from .soups import uniform_soup
 from .ties import ties_merge
 
@@ -155,19 +155,6 @@ class Method:
         if not self.params:
             return "no parameters"
         return ", ".join(p.name + (f" (also {', '.join(p.aliases)})" if p.aliases else "") for p in self.params)
-
-
-def stitch_dataless(base, task_vectors: Sequence, density: float = 0.01):
-    """Localize-and-Stitch with dataless masks: ``stitch(base, tvs, [localize_dataless(tv, density) ...])``.
-
-    He et al. 2025, Sec. 3: each task keeps the top-``density`` of ``|tau|``
-    over all its tensors, and the kept entries are stitched onto the base,
-    averaged where masks overlap. Returns a new state dict.
-
-    Not called in a notebook: the registry's ``localize_stitch`` row names it, and ``lsedu merge`` has its fast path;
-    see book/methods.md.
-    """
-    return stitch(base, task_vectors, [localize_dataless(tv, density) for tv in task_vectors])
 
 
 # --- the parameters ----------------------------------------------------------------------------------

@@ -4,7 +4,7 @@ Kernel by kernel (``lsedu.merge.fused``, against the steps of the named
 function), then the whole fast path of a method, thresholds and tie runs
 included (``lsedu.merge.blocks`` and ``thresholds``, against the named
 function itself: ``lsedu.ties_merge``, ``lsedu.task_arithmetic``,
-``lsedu.methods.stitch_dataless``, ``lsedu.kth_largest``).
+``lsedu.localize_stitch.stitch_dataless``, ``lsedu.kth_largest``).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 import lsedu
 from lsedu.merge import blocks as merge_blocks
 from lsedu.merge import fused, thresholds
-from lsedu.methods import stitch_dataless
+from lsedu.localize_stitch import stitch_dataless
 from lsedu.ties import disjoint_mean, elect_sign
 from lsedu.topk import RadixSelect, count_for_density
 

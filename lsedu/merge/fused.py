@@ -11,7 +11,7 @@ kernel                     fast path of
 :func:`task_arithmetic`    :func:`lsedu.arithmetic.task_arithmetic`
 :func:`ties`               :func:`lsedu.ties.ties_merge` after its trim:
                            :func:`~lsedu.ties.elect_sign`, :func:`~lsedu.ties.disjoint_mean`
-:func:`stitch`             :func:`lsedu.methods.stitch_dataless`: :func:`lsedu.stitch` with
+:func:`stitch`             :func:`lsedu.localize_stitch.stitch_dataless`: :func:`lsedu.stitch` with
                            the masks of :func:`lsedu.localize_dataless`
 :func:`count_equal`,       counting and finding the ties of :class:`lsedu.topk.TieBudget`
 :func:`nth_equal`
@@ -106,7 +106,7 @@ def ties(b, srcs, is_tau, thr, allow, lam, out):
 
 @njit(cache=True, nogil=True, parallel=True)
 def stitch(b, srcs, is_tau, thr, allow, out, masks):
-    """Fast path of ``lsedu.methods.stitch_dataless``: ``b + sum_i gamma'_i tau_i``, overlaps averaged.
+    """Fast path of ``lsedu.localize_stitch.stitch_dataless``: ``b + sum_i gamma'_i tau_i``, overlaps averaged.
 
     That is ``lsedu.localize_stitch.stitch`` with, as ``gamma_i``, the mask
     of ``lsedu.localize_stitch.localize_dataless``,
