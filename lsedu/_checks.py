@@ -216,11 +216,8 @@ def check_task_vector(tv, arg: str = "task_vector") -> None:
     Not called in a notebook: lsedu's functions check their inputs with it; see "The library in one
     screen" on the book's first page (book/intro.md).
     """
-    check_tensor_dict(tv, arg)
-    if len(tv) == 0:
-        raise ValueError(f"{arg} is empty: it holds no tensors")
+    check_state_dict(tv, arg)
     check_floating(tv, arg)
-    check_finite(tv, arg)
 
 
 def check_task_vectors(task_vectors, arg: str = "task_vectors") -> list:

@@ -96,6 +96,12 @@ def _require_callable(student, exercise: str) -> None:
               f"got a {type(student).__name__}")
 
 
+def _cases(student, exercise: str, build, hidden: bool, n_visible: int, n_hidden: int, argnames) -> list:
+    """The numbered cases of ``exercise`` (``build(seed, n)``, visible or hidden), once ``student`` is a function."""
+    _require_callable(student, exercise)
+    return _numbered(build(HIDDEN_SEED if hidden else VISIBLE_SEED, n_hidden if hidden else n_visible), argnames)
+
+
 def _snapshot(x):
     """A deep copy of the tensors inside lists, tuples and dicts (the rest is kept as is)."""
     if isinstance(x, torch.Tensor):
@@ -261,8 +267,7 @@ def check_uniform_soup(student, *, hidden: bool = False) -> None:
 
     Explained in notebook 02 (02_model_soups.ipynb).
     """
-    _require_callable(student, "uniform_soup")
-    cases = _numbered(_soup_cases(HIDDEN_SEED if hidden else VISIBLE_SEED, 6 if hidden else 2), ("models",))
+    cases = _cases(student, "uniform_soup", _soup_cases, hidden, 2, 6, ("models",))
     for case in cases:
         models = case.args[0]
         expected = uniform_soup(models)
@@ -407,9 +412,7 @@ def check_task_vector(student, *, hidden: bool = False) -> None:
 
     Explained in notebook 03 (03_task_arithmetic.ipynb).
     """
-    _require_callable(student, "task_vector")
-    cases = _numbered(_task_vector_cases(HIDDEN_SEED if hidden else VISIBLE_SEED, 5 if hidden else 1),
-                      ("pretrained", "finetuned"))
+    cases = _cases(student, "task_vector", _task_vector_cases, hidden, 1, 5, ("pretrained", "finetuned"))
     for case in cases:
         pre, ft = case.args
         expected = {n: ft[n] - pre[n] for n in pre}
@@ -579,9 +582,7 @@ def check_disjoint_mean(student, *, hidden: bool = False) -> None:
 
     Explained in notebook 04 (04_interference_ties_dare.ipynb).
     """
-    _require_callable(student, "disjoint_mean")
-    cases = _numbered(_disjoint_cases(HIDDEN_SEED if hidden else VISIBLE_SEED, 6 if hidden else 2),
-                      ("trimmed", "signs"))
+    cases = _cases(student, "disjoint_mean", _disjoint_cases, hidden, 2, 6, ("trimmed", "signs"))
     for case in cases:
         tvs, signs = case.args
         expected = dict(disjoint_mean(tvs, signs))
@@ -712,9 +713,7 @@ def check_localize_dataless(student, *, hidden: bool = False) -> None:
 
     Explained in notebook 05 (05_localize_and_stitch.ipynb).
     """
-    _require_callable(student, "localize_dataless")
-    cases = _numbered(_localize_cases(HIDDEN_SEED if hidden else VISIBLE_SEED, 5 if hidden else 0),
-                      ("task_vector", "density"))
+    cases = _cases(student, "localize_dataless", _localize_cases, hidden, 0, 5, ("task_vector", "density"))
     for case in cases:
         tau, density = case.args
         expected = localize_dataless(tau, density)
@@ -783,9 +782,7 @@ def check_stitch(student, *, hidden: bool = False) -> None:
 
     Explained in notebook 05 (05_localize_and_stitch.ipynb).
     """
-    _require_callable(student, "stitch")
-    cases = _numbered(_stitch_cases(HIDDEN_SEED if hidden else VISIBLE_SEED, 5 if hidden else 1),
-                      ("pretrained", "task_vectors", "masks"))
+    cases = _cases(student, "stitch", _stitch_cases, hidden, 1, 5, ("pretrained", "task_vectors", "masks"))
     for case in cases:
         pre, tvs, ms = case.args
         expected = stitch(pre, tvs, ms)
