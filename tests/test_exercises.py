@@ -156,15 +156,7 @@ def test_other_correct_forms_pass(capsys):
     ex.check_greedy_soup(greedy_reverse_sort, hidden=True)
 
     def localize_stable_argsort(task_vector, density):
-        flat = torch.cat([t.abs().reshape(-1) for t in task_vector.values()])
-        k = round(density * flat.numel())
-        keep = torch.zeros(flat.numel(), dtype=torch.bool)
-        keep[torch.sort(flat, descending=True, stable=True).indices[:k]] = True
-        out, start = {}, 0
-        for n, t in task_vector.items():
-            out[n] = keep[start:start + t.numel()].reshape(t.shape)
-            start += t.numel()
-        return out
+        return localize_sorted_by(task_vector, density, torch.abs)
 
     ex.check_localize_dataless(localize_stable_argsort, hidden=True)
 
@@ -346,8 +338,9 @@ def localize_per_tensor(task_vector, density):
     return out
 
 
-def localize_by_value(task_vector, density):
-    flat = torch.cat([t.reshape(-1) for t in task_vector.values()])
+def localize_sorted_by(task_vector, density, key):
+    """A student's top-k mask: the round(density * n) entries largest by ``key``, found by a stable sort."""
+    flat = torch.cat([key(t).reshape(-1) for t in task_vector.values()])
     k = round(density * flat.numel())
     keep = torch.zeros(flat.numel(), dtype=torch.bool)
     keep[torch.sort(flat, descending=True, stable=True).indices[:k]] = True
@@ -356,6 +349,10 @@ def localize_by_value(task_vector, density):
         out[n] = keep[start:start + t.numel()].reshape(t.shape)
         start += t.numel()
     return out
+
+
+def localize_by_value(task_vector, density):
+    return localize_sorted_by(task_vector, density, lambda t: t)
 
 
 def localize_threshold_keeps_ties(task_vector, density):
