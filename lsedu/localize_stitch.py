@@ -51,6 +51,34 @@ def localize_dataless(task_vector: Mapping[str, torch.Tensor], density: float = 
     return global_topk_mask(task_vector, density, arg="task_vector")
 
 
+def _check_model_inputs(model, base, task_vector, loss_fn, loader) -> None:
+    """What :func:`localize_trained` trains on: a module whose names cover ``base``, a task vector over its
+    parameters (not its buffers), a loss function and an iterable of batches; errors name the argument."""
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    check_state_dict(base, "base")
+    check_task_vector(task_vector, "task_vector")
+    check_same_layout(base, task_vector, "base", "task_vector", subset=True)
+    known = set(model.state_dict().keys())
+    unknown = [n for n in base if n not in known]
+    if unknown:
+        raise ValueError(
+            f"base has tensor(s) that the model does not: {unknown[:5]} (the model's names look like "
+            f"{sorted(known)[:3]}); a prefix such as 'module.' or 'model.' may need stripping"
+        )
+    buffers = {n for n, _ in model.named_buffers()} - {n for n, _ in model.named_parameters()}
+    masked_buffers = sorted(n for n in task_vector if n in buffers)
+    if masked_buffers:
+        raise ValueError(
+            f"task_vector has buffer(s), not parameters, of the model: {masked_buffers[:5]} (e.g. batch-norm running "
+            f"statistics); a mask is trained only over parameters: leave them out of the task vector"
+        )
+    if loader is None or isinstance(loader, (str, bytes)) or not hasattr(loader, "__iter__"):
+        raise TypeError(f"loader must be an iterable of batches (a DataLoader or a list), got {type(loader).__name__}")
+    if not callable(loss_fn):
+        raise TypeError(f"loss_fn must be a callable (forward, batch) -> loss, got {type(loss_fn).__name__}")
+
+
 #: The checks of :func:`localize_trained`'s hyperparameters (:mod:`lsedu.config`).
 _DENSITY = number(0, 1, low_open=True, type_error=True)
 _POSITIVE = number(0, low_open=True, type_error=True)
@@ -110,30 +138,8 @@ def localize_trained(
 
     Explained in notebook 05 (05_localize_and_stitch.ipynb).
     """
-    if not isinstance(model, torch.nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    check_state_dict(base, "base")
-    check_task_vector(task_vector, "task_vector")
-    check_same_layout(base, task_vector, "base", "task_vector", subset=True)
+    _check_model_inputs(model, base, task_vector, loss_fn, loader)
     tv = task_vector
-    known = set(model.state_dict().keys())
-    unknown = [n for n in base if n not in known]
-    if unknown:
-        raise ValueError(
-            f"base has tensor(s) that the model does not: {unknown[:5]} (the model's names look like "
-            f"{sorted(known)[:3]}); a prefix such as 'module.' or 'model.' may need stripping"
-        )
-    buffers = {n for n, _ in model.named_buffers()} - {n for n, _ in model.named_parameters()}
-    masked_buffers = sorted(n for n in tv if n in buffers)
-    if masked_buffers:
-        raise ValueError(
-            f"task_vector has buffer(s), not parameters, of the model: {masked_buffers[:5]} (e.g. batch-norm running "
-            f"statistics); a mask is trained only over parameters: leave them out of the task vector"
-        )
-    if loader is None or isinstance(loader, (str, bytes)) or not hasattr(loader, "__iter__"):
-        raise TypeError(f"loader must be an iterable of batches (a DataLoader or a list), got {type(loader).__name__}")
-    if not callable(loss_fn):
-        raise TypeError(f"loss_fn must be a callable (forward, batch) -> loss, got {type(loss_fn).__name__}")
     density = check_arg(density, "density", _DENSITY)
     target_density = check_arg(target_density, "target_density", optional(_DENSITY))
     b = check_arg(sigmoid_bias, "sigmoid_bias", _POSITIVE)
@@ -168,24 +174,7 @@ def localize_trained(
     log: list[dict] = []
     try:
         for epoch in tqdm(range(epochs), desc="localize (trained)", disable=not progress):
-            losses, pending = [], 0
-            for batch in loader:
-                task_loss = loss_fn(masked_forward, batch)
-                if not isinstance(task_loss, torch.Tensor) or task_loss.numel() != 1:
-                    raise ValueError("loss_fn must return a scalar tensor")
-                if not torch.isfinite(task_loss.detach()):
-                    raise ValueError(f"loss_fn returned a non-finite loss ({task_loss.detach().item()}) in epoch {epoch}")
-                sparsity = sum(torch.sigmoid(s).sum() for s in S.values())
-                (task_loss + l1 * sparsity).backward()
-                losses.append(float(task_loss.detach()))
-                pending += 1
-                if batches_per_step is not None and pending == batches_per_step:
-                    step(pending)
-                    pending = 0
-            if not losses:
-                raise ValueError("loader yielded no batch")
-            if pending:
-                step(pending)
+            losses = _one_pass(masked_forward, S, step, loss_fn, loader, l1, batches_per_step, epoch)
             with torch.no_grad():
                 mean_sigmoid = float(sum(torch.sigmoid(s).sum() for s in S.values())) / n_entries
                 rounded = sum(int((s > 0).sum()) for s in S.values()) / n_entries
@@ -200,6 +189,30 @@ def localize_trained(
     else:
         mask = topk_mask(logits, count_for_density(n_entries, target_density), by_abs=False)
     return mask, log
+
+
+def _one_pass(forward, S, step, loss_fn, loader, l1: float, batches_per_step: int | None, epoch: int) -> list[float]:
+    """One pass over ``loader`` of :func:`localize_trained`: backpropagate ``loss + l1 * sum sigmoid(S)`` per
+    batch, ``step`` after every ``batches_per_step`` batches (and after the last); the task loss of each batch."""
+    losses, pending = [], 0
+    for batch in loader:
+        task_loss = loss_fn(forward, batch)
+        if not isinstance(task_loss, torch.Tensor) or task_loss.numel() != 1:
+            raise ValueError("loss_fn must return a scalar tensor")
+        if not torch.isfinite(task_loss.detach()):
+            raise ValueError(f"loss_fn returned a non-finite loss ({task_loss.detach().item()}) in epoch {epoch}")
+        sparsity = sum(torch.sigmoid(s).sum() for s in S.values())
+        (task_loss + l1 * sparsity).backward()
+        losses.append(float(task_loss.detach()))
+        pending += 1
+        if batches_per_step is not None and pending == batches_per_step:
+            step(pending)
+            pending = 0
+    if not losses:
+        raise ValueError("loader yielded no batch")
+    if pending:
+        step(pending)
+    return losses
 
 
 def stitch(
