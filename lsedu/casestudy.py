@@ -449,6 +449,23 @@ def comparison_runs(setup, tasks: Sequence[str] | None = None, config: CaseStudy
     return pd.DataFrame(records)
 
 
+def finetune_all(setup, tasks: Sequence[str] | None = None, config: CaseStudyConfig | None = None) -> None:
+    """Fine-tune every task once per fine-tune seed of ``config`` (each cached on its own, see ``setup.finetune``).
+
+    The case-study notebooks run this in a cell of its own, before the rows,
+    so that a cold first run spends its fine-tuning time in one cell and its
+    evaluations in others, each well under the book's per-cell time limit.
+
+    Explained in notebooks 06, 07 and 08 (06_case_language.ipynb, 07_case_vision.ipynb,
+    08_case_causal_lm.ipynb).
+    """
+    config = _check_config(config)
+    tasks = check_tasks(setup, tasks)
+    todo = [(t, cfg) for seed in config.finetune_seeds for t, cfg in finetune_configs(setup, tasks, seed).items()]
+    for t, cfg in tqdm(todo, desc=f"{setup.name}: fine-tunes", leave=False, disable=not setup.progress):
+        setup.finetune(t, cfg)
+
+
 def run_rows(setup, methods: Sequence[str], tasks: Sequence[str] | None = None,
              config: CaseStudyConfig | None = None, refresh: bool = False):
     """Compute (or read from the cache) the rows of ``methods`` for every fine-tune seed of ``config``.

@@ -424,3 +424,17 @@ def test_rows_are_cached_by_the_fields_they_depend_on(tmp_path, monkeypatch):
     assert computed == ["ties"]
     casestudy.run_rows(setup, ["pretrained"], config=cfg.replace(finetune_seeds=(1,)))
     assert computed == ["ties", "individual"]
+
+
+def test_finetune_all_caches_every_task_and_seed_for_the_rows(monkeypatch):
+    setup = Toy(device="cpu", progress=False)
+    casestudy.finetune_all(setup, config=SMALL.replace(finetune_seeds=(0, 1)))
+    trained = []
+    real = Setup._train
+    monkeypatch.setattr(Setup, "_train", lambda self, *a, **k: trained.append(a) or real(self, *a, **k))
+    for seed in (0, 1):
+        for t in setup.tasks:
+            setup.finetune(t, setup.finetune_config.replace(seed=seed))
+    assert trained == []  # every fine-tune the rows need was cached by finetune_all
+    setup.finetune("a", setup.finetune_config.replace(seed=2))
+    assert len(trained) == 1  # the spy sees a fine-tune that was not cached
