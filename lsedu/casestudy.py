@@ -407,9 +407,12 @@ def run_seed(setup, tasks: Sequence[str], finetune_seed: int, config: CaseStudyC
     """
     s = _Seed(setup, tuple(tasks), finetune_seed, config)
     units = _units(methods, config)
-    bar = tqdm(units, leave=False, desc=f"{setup.name}: rows (fine-tune seed {finetune_seed})",
+    first = ("individual", "stitch_dataless")
+    order = sorted(units, key=lambda u: u not in first)  # stable: the others keep the table's order
+    bar = tqdm(order, leave=False, desc=f"{setup.name}: rows (fine-tune seed {finetune_seed})",
                disable=not setup.progress)
     results = {}
+    # the rows that others read (individual, stitch_dataless) first, so that refresh=True reaches them first
     for u in bar:
         bar.set_postfix_str(u)
         results[u] = s.unit(u, refresh)
