@@ -220,6 +220,11 @@ class PaperSetup(Setup):
     track = "paper"
     config_class: ClassVar[type[Config]]
     task_table: ClassVar[Mapping[str, Any]]  # task name -> its record (PromptTask, VisionTask, LLMTask)
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "task_table" in cls.__dict__:  # the class's tasks are its table's, in the table's order
+            cls.tasks = tuple(cls.task_table)
     tiny_model: ClassVar[dict]  # the architecture's arguments at a test size
     tiny_name: ClassVar[str]  # the model's name in the identity of a tiny setup
 

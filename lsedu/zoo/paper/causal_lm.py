@@ -253,7 +253,6 @@ class GPT2XL(MultipleChoiceLM, TransformersLM):
     """
 
     name = "causal_lm"
-    tasks = tuple(GPT2XL_TASKS)
     merge_patterns: tuple[str, ...] = ("transformer.h.*",)
     config_class = GPT2XLConfig
     task_table = GPT2XL_TASKS

@@ -327,7 +327,6 @@ class RobertaLMBFF(TransformersLM):
     """
 
     name = "text"
-    tasks = tuple(LMBFF_TASKS)
     merge_patterns: tuple[str, ...] = ("roberta.encoder.layer.*",)
     config_class = RobertaLMBFFConfig
     task_table = LMBFF_TASKS

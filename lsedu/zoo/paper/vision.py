@@ -217,7 +217,6 @@ class ClipViTB32(PaperSetup, ClassificationSetup):
     """
 
     name = "vision"
-    tasks = tuple(CLIP_TASKS)
     merge_patterns: tuple[str, ...] = ("*",)
     config_class = ClipViTB32Config
     task_table = CLIP_TASKS
