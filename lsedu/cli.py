@@ -8,10 +8,12 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 
 from . import methods
 from .merge import load_recipe, merge_checkpoints
+from .merge.plan import plan
 
 
 def main(argv=None) -> int:
@@ -30,6 +32,9 @@ def main(argv=None) -> int:
                                   f"merge_method is one of {', '.join(runnable)} (book/methods.md)")
     m.add_argument("-o", "--output", help="output folder (overrides the recipe's 'output')")
     m.add_argument("--overwrite", action="store_true", help="replace an existing output folder (never an input)")
+    m.add_argument("--plan", action="store_true",
+                   help="check the recipe from headers and paths only (names, shapes, dtypes, vocabularies, outputs, "
+                        "disk space), print the estimated peak memory, disk and time, and write nothing")
     m.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     s = sub.add_parser("student-edition", help="write the notebooks without solutions, hidden tests or outputs",
@@ -52,16 +57,37 @@ def main(argv=None) -> int:
                                                      "DIR/<student>/<notebook> (it shows the hidden tests)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
-    if args.command == "student-edition":
-        return _student_edition(args)
-    if args.command == "grade":
-        return _grade(args)
+    run = {"merge": _merge, "student-edition": _student_edition, "grade": _grade}[args.command]
+    try:
+        return run(args)
+    except KeyboardInterrupt:
+        print(f"lsedu {args.command}: interrupted; nothing was written under a final name (temporary files removed)",
+              file=sys.stderr)
+        return 130
 
+
+def error_line(e: BaseException) -> str:
+    """An error as one line: an operating-system error as ``FILE: reason``, any other as its message.
+
+    Not called in a notebook: the ``lsedu`` commands print every error with it (book/teaching.md and the appendix,
+    appendix_streaming_merge.ipynb).
+    """
+    if isinstance(e, OSError) and e.strerror:
+        text = f"{e.filename}: {e.strerror}" if e.filename else e.strerror
+    else:
+        text = str(e) or type(e).__name__
+    return " ".join(text.split())
+
+
+def _merge(args) -> int:
     try:
         recipe = load_recipe(args.recipe)
+        if args.plan:
+            print(plan(recipe, args.output, overwrite=args.overwrite, estimate=True).summary())
+            return 0
         report = merge_checkpoints(recipe, args.output, overwrite=args.overwrite, progress=not args.no_progress)
-    except (ValueError, TypeError, FileNotFoundError, FileExistsError) as e:
-        print(f"lsedu merge: error: {e}", file=sys.stderr)
+    except (ValueError, TypeError, OSError) as e:
+        print(f"lsedu merge: error: {error_line(e)}", file=sys.stderr)
         return 2
     print(f"merged {report.merged_tensors} of {report.tensors} tensors with {report.method} in "
           f"{report.seconds:.1f} s (inputs read {report.read_passes:.2f} times) "
@@ -77,7 +103,7 @@ def _student_edition(args) -> int:
     try:
         written = student_edition(args.src_dir, args.out_dir, overwrite=args.overwrite)
     except (CourseError, OSError) as e:
-        print(f"lsedu student-edition: error: {e}", file=sys.stderr)
+        print(f"lsedu student-edition: error: {error_line(e)}", file=sys.stderr)
         return 2
     print(f"wrote {len(written)} notebook(s) without solutions to {args.out_dir}")
     return 0
@@ -86,14 +112,15 @@ def _student_edition(args) -> int:
 def _grade(args) -> int:
     from .course import CourseError, grade, summary
 
-    if args.timeout <= 0:
-        print("lsedu grade: error: --timeout must be positive", file=sys.stderr)
+    if not math.isfinite(args.timeout) or args.timeout <= 0:
+        print(f"lsedu grade: error: --timeout must be a positive number of seconds, got {args.timeout!r}",
+              file=sys.stderr)
         return 2
     try:
         rows = grade(args.source_dir, args.submissions_dir, args.out, timeout=args.timeout,
                      progress=not args.no_progress, executed_dir=args.executed)
     except (CourseError, OSError) as e:
-        print(f"lsedu grade: error: {e}", file=sys.stderr)
+        print(f"lsedu grade: error: {error_line(e)}", file=sys.stderr)
         return 2
     print(summary(rows))
     print(f"grades written to {args.out}")

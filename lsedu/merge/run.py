@@ -25,6 +25,7 @@ written.
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -37,74 +38,15 @@ from pathlib import Path
 import psutil
 from tqdm.auto import tqdm
 
-from ..task_vectors import select
 from .blocks import block, chunks
-from .io import Checkpoint, MaskWriter, Reader, ShardedWriter, WriteBehind, load_masks, prefetch
+from .io import Checkpoint, MaskWriter, Reader, ShardedWriter, WriteBehind, prefetch
+from .plan import PER_TENSOR_WHOLE_ENTRIES, MergePlan, plan
 from .recipe import MergeRecipe, load_recipe
 from .thresholds import tensor_trim, thresholds
 
 #: Files copied from the base model's folder, so that ``from_pretrained`` finds them next to the weights.
 COPY_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
               "special_tokens_map.json", "vocab.json", "merges.txt", "vocab.txt", "tokenizer.model")
-
-#: A per-tensor trim ranks each tensor on its own, so a tensor merged whole is read once, while one
-#: cut into blocks is read about twice (a sample, a pass to count around it, the merge). Up to this many entries
-#: (16M: every tensor of GPT2-XL but its 80M-entry embedding) a per-tensor trim takes the tensor
-#: whole: its memory is then a few copies of the largest such tensor per input (64 MB each in float32).
-PER_TENSOR_WHOLE_ENTRIES = 1 << 24
-
-
-# --- checks ------------------------------------------------------------------
-def check_layouts(base: Checkpoint, models: Sequence[Checkpoint]) -> None:
-    """Every model has the base's tensor names, shapes and dtypes; errors name the tensor and the files.
-
-    Not called in a notebook: ``lsedu merge`` uses it before anything is written; see the appendix
-    (appendix_streaming_merge.ipynb).
-    """
-    for m in models:
-        extra = [n for n in m if n not in base]
-        missing = [n for n in base if n not in m]
-        if missing:
-            raise ValueError(f"tensor {missing[0]!r} is in the base ({base.file_of(missing[0])}) but not in {m.path}"
-                             + (f" ({len(missing) - 1} more missing)" if len(missing) > 1 else ""))
-        if extra:
-            raise ValueError(f"tensor {extra[0]!r} is in {m.file_of(extra[0])} but not in the base {base.path}"
-                             + (f" ({len(extra) - 1} more)" if len(extra) > 1 else ""))
-        for n in base:
-            if m.shape(n) != base.shape(n):
-                raise ValueError(f"shape mismatch at tensor {n!r}: {base.shape(n)} in {base.file_of(n)}, "
-                                 f"{m.shape(n)} in {m.file_of(n)}")
-            if m.dtype(n) != base.dtype(n):
-                raise ValueError(f"dtype mismatch at tensor {n!r}: {base.dtype(n)} in {base.file_of(n)}, "
-                                 f"{m.dtype(n)} in {m.file_of(n)}")
-
-
-def _check_output(out: Path, inputs: Sequence[Path], overwrite: bool) -> None:
-    out = out.resolve()
-    for p in inputs:
-        p = p.resolve()
-        if out == p or out in p.parents:
-            raise ValueError(f"the output {out} would overwrite the input {p}; choose another output folder")
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"the output {out} already exists; remove it or pass --overwrite")
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"the output {out} exists and is not a folder")
-
-
-def _loaded_masks(recipe: MergeRecipe, base: Checkpoint, names: Sequence[str]) -> list | None:
-    """The masks of ``masks: {load: [...]}``, checked to cover exactly the merged tensors, shapes included."""
-    if recipe.load_masks is None:
-        return None
-    loaded = [load_masks(p) for p in recipe.load_masks]
-    for i, lm in enumerate(loaded):
-        if set(lm) != set(names):
-            raise ValueError(f"masks.load[{i}] ({recipe.load_masks[i]}) covers other tensors than this merge: "
-                             f"{sorted(set(lm) ^ set(names))[:3]}")
-        for n in names:
-            if tuple(lm[n].shape) != base.shape(n):
-                raise ValueError(f"masks.load[{i}][{n!r}] has shape {tuple(lm[n].shape)}, "
-                                 f"the tensor has {base.shape(n)}")
-    return loaded
 
 
 # --- the merge -----------------------------------------------------------------
@@ -127,60 +69,76 @@ class MergeReport:
 
 
 class _Outputs:
-    """The merged folder and the mask files, written under temporary names and renamed once complete."""
+    """The merged folder and the mask files, written under temporary names and renamed once complete.
 
-    def __init__(self, out: Path, recipe: MergeRecipe, base: Checkpoint, direct: bool):
-        self.out, self.recipe = out, recipe
-        out.parent.mkdir(parents=True, exist_ok=True)
-        _remove_stale(out)
-        self.tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-        shutil.rmtree(self.tmp, ignore_errors=True)
-        self.tmp.mkdir()
-        self.writer = WriteBehind(ShardedWriter(self.tmp, [(n, base.shape(n), base.dtype(n)) for n in base],
-                                                recipe.shard_size, metadata={"lsedu_merge_method": recipe.merge_method},
-                                                direct=direct))
+    Nothing exists under a final name until every file is complete; whatever
+    fails (an error, a full disk, Ctrl-C), :meth:`abort` removes every
+    temporary file, and an error while cleaning up never hides the first one.
+    """
+
+    def __init__(self, p: MergePlan, direct: bool):
+        self.plan, self.recipe, self.direct = p, p.recipe, direct
+        self.tmp: dict[str, Path] = {}  # recipe key -> its temporary folder, in the final folder's parent
+        self.writer: WriteBehind | None = None
         self.mask_writers: list[MaskWriter] = []
-        self.mask_tmp = None
 
-    def open_masks(self, base: Checkpoint, names: Sequence[str]) -> None:
-        """Start the mask files of ``masks: {save: FOLDER}``, if the recipe asks for them."""
-        recipe = self.recipe
-        if recipe.save_masks is not None:
-            self.mask_tmp = recipe.save_masks.resolve().parent / f".{recipe.save_masks.name}.tmp-{os.getpid()}"
-            shutil.rmtree(self.mask_tmp, ignore_errors=True)
-            self.mask_tmp.mkdir(parents=True)
+    def open(self) -> None:
+        """Create the temporary folders and start the model's shards and the mask files."""
+        p, recipe, base = self.plan, self.recipe, self.plan.base
+        for key, out in p.outputs.items():
+            try:
+                out.parent.mkdir(parents=True, exist_ok=True)
+                _remove_stale(out)
+                tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+                shutil.rmtree(tmp, ignore_errors=True)
+                tmp.mkdir()
+            except OSError as e:
+                raise OSError(f"{key} {out}: cannot create its folder ({e.strerror or e})") from e
+            self.tmp[key] = tmp
+        self.writer = WriteBehind(ShardedWriter(self.tmp["output"], [(n, base.shape(n), base.dtype(n)) for n in base],
+                                                recipe.shard_size, metadata={"lsedu_merge_method": recipe.merge_method},
+                                                direct=self.direct))
+        if "masks.save" in self.tmp:
             meta = {"density": str(recipe.parameters["density"]), "base_model": str(recipe.base_model)}
-            self.mask_writers = [MaskWriter(self.mask_tmp / f"mask_{i}.safetensors", [(n, base.shape(n)) for n in names],
-                                            {**meta, "model": str(p)}) for i, p in enumerate(recipe.models)]
+            self.mask_writers = [MaskWriter(self.tmp["masks.save"] / f"mask_{i}.safetensors",
+                                            [(n, base.shape(n)) for n in p.names], {**meta, "model": str(m)})
+                                 for i, m in enumerate(recipe.models)]
 
-    def finish(self, base: Checkpoint) -> list[Path]:
+    def finish(self) -> list[Path]:
         """Close every file, add the base's config files and the recipe, rename into place; the mask files."""
-        recipe = self.recipe
+        recipe, base, tmp = self.recipe, self.plan.base, self.tmp["output"]
         self.writer.close()
         for w in self.mask_writers:
             w.close()
         if recipe.copy_files and base.path.is_dir():
             for f in COPY_FILES:
                 if (base.path / f).exists():
-                    shutil.copy2(base.path / f, self.tmp / f)
-        (self.tmp / "lsedu_merge.json").write_text(json.dumps({
+                    shutil.copy2(base.path / f, tmp / f)
+        (tmp / "lsedu_merge.json").write_text(json.dumps({
             "merge_method": recipe.merge_method, "parameters": recipe.parameters,
             "base_model": str(recipe.base_model), "models": [str(m) for m in recipe.models],
             "include": recipe.include, "exclude": recipe.exclude,
         }, indent=2) + "\n")
-        _replace_dir(self.tmp, self.out)
-        if self.mask_tmp is None:
-            return []
-        _replace_dir(self.mask_tmp, recipe.save_masks.resolve())
-        return [recipe.save_masks.resolve() / f"mask_{i}.safetensors" for i in range(len(recipe.models))]
+        outs = self.plan.outputs
+        if "masks.save" in outs:  # the masks first: a merged model never appears without the masks it asked for
+            _replace_dir(self.tmp["masks.save"], outs["masks.save"])
+            self.tmp.pop("masks.save")
+        _replace_dir(tmp, outs["output"])
+        self.tmp.pop("output")
+        return [outs["masks.save"] / f"mask_{i}.safetensors" for i in range(len(recipe.models))] \
+            if "masks.save" in outs else []
 
     def abort(self) -> None:
-        self.writer.abort()
-        for w in self.mask_writers:
-            w.abort()
-        shutil.rmtree(self.tmp, ignore_errors=True)
-        if self.mask_tmp is not None:
-            shutil.rmtree(self.mask_tmp, ignore_errors=True)
+        """Close and remove every temporary file; errors here (a full disk again) are not raised."""
+        for w in [self.writer, *self.mask_writers]:
+            try:
+                if w is not None:
+                    w.abort()
+            except Exception:  # noqa: BLE001  (the merge is failing already: report its error, not this one)
+                pass
+        for tmp in self.tmp.values():
+            shutil.rmtree(tmp, ignore_errors=True)
+        self.tmp.clear()
 
 
 def merge_checkpoints(
@@ -199,37 +157,38 @@ def merge_checkpoints(
     stitching run in their fast paths (:mod:`lsedu.merge.fused`), which the
     tests hold equal to those functions.
 
+    Every check of :func:`lsedu.merge.plan.plan` (layouts, paths, disk space)
+    runs before the first byte is written; the output is written under a
+    temporary name and renamed only once complete, and whatever fails, the
+    temporary files are removed.
+
     Explained in the appendix (appendix_streaming_merge.ipynb), whose ``lsedu merge`` runs it.
     """
     start = time.perf_counter()
-    out = Path(output) if output is not None else recipe.output
-    if out is None:
-        raise ValueError("no output folder: give 'output:' in the recipe or --output")
-    base = Checkpoint(recipe.base_model)
-    models = [Checkpoint(m) for m in recipe.models]
-    check_layouts(base, models)
-    inputs = [f for c in (base, *models) for f in c.files()] + list(recipe.load_masks or [])
-    _check_output(out, inputs, overwrite)
-    if recipe.save_masks is not None:
-        _check_output(recipe.save_masks, inputs, overwrite=True)
-    floating = [n for n in base if base.dtype(n).is_floating_point]
-    names = select(floating, recipe.include, recipe.exclude)  # the rest is copied from the base
-    loaded = _loaded_masks(recipe, base, names)
+    p = plan(recipe, output, overwrite=overwrite)
+    base, models = p.base, p.models
     # Inputs larger than the page cache could hold are evicted before a second pass reads them again:
     # read them, and write the output, past it (O_DIRECT), which spares the core that copying through
     # the cache costs.
     direct = base.nbytes() * (1 + len(models)) > psutil.virtual_memory().available // 2
     for c in (base, *models):
         c.direct = direct
-    outputs = _Outputs(out.resolve(), recipe, base, direct)
+    outputs = _Outputs(p, direct)
     try:
-        outputs.open_masks(base, names)
-        passes = _stream(recipe, base, models, names, loaded, outputs, progress)
-        saved = outputs.finish(base)
+        outputs.open()
+        passes = _stream(recipe, base, models, p.names, p.loaded_masks, outputs, progress)
+        saved = outputs.finish()
+    except OSError as e:
+        outputs.abort()
+        if e.errno == errno.ENOSPC:
+            need = sum(p.write_bytes.values())
+            raise OSError(errno.ENOSPC, f"no space left on the device while writing {p.outputs['output']} "
+                                        f"(the merge writes about {need / 1e9:.2f} GB); nothing was kept") from e
+        raise
     except BaseException:
         outputs.abort()
         raise
-    return MergeReport(out.resolve(), recipe.merge_method, len(base), len(names), passes,
+    return MergeReport(p.outputs["output"], recipe.merge_method, len(base), len(p.names), passes,
                        time.perf_counter() - start, base.nbytes() * (1 + len(models)), saved)
 
 
