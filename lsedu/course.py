@@ -174,6 +174,11 @@ def student_edition(src_dir, out_dir, *, overwrite: bool = False) -> list[Path]:
         raise CourseError(f"the output folder {out_dir} contains the source folder {src_dir}")
     if out.exists() and not overwrite:
         raise CourseError(f"{out_dir} already exists (pass --overwrite to replace it)")
+    if out.exists() and not out.is_dir():
+        raise CourseError(f"{out_dir} exists and is a file, not a folder; it is never replaced")
+    above = next(p for p in out.parents if p.exists())
+    if not above.is_dir():
+        raise CourseError(f"cannot create {out_dir}: {above} is a file, not a folder")
     paths = _notebooks(src)
     if not paths:
         raise CourseError(f"no notebook (*.ipynb) found under {src_dir}")

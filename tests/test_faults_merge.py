@@ -358,5 +358,7 @@ def test_student_edition_under_a_regular_file_is_one_line(tmp_path, capsys):
     src.mkdir()
     (src / "a.ipynb").write_text(json.dumps({"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}))
     (tmp_path / "file").write_text("x")
-    fails(capsys, tmp_path, ["student-edition", str(src), str(tmp_path / "file" / "out")], r"file",
-          command="student-edition")
+    fails(capsys, tmp_path, ["student-edition", str(src), str(tmp_path / "file" / "out")],
+          r"cannot create .*file/out: .*file is a file, not a folder", command="student-edition")
+    fails(capsys, tmp_path, ["student-edition", str(src), str(tmp_path / "file"), "--overwrite"],
+          r"file exists and is a file, not a folder", command="student-edition")
