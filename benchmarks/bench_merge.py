@@ -37,6 +37,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import resource
 import shutil
 import subprocess
@@ -235,6 +236,18 @@ def main() -> None:
         "merge_method": "ties", "base_model": str(folders[0]), "dtype": "float32",
         "parameters": {"normalize": True},
         "models": [{"model": str(f), "parameters": {"weight": 1.0, "density": 0.2}} for f in folders[1:]]}))
+    # What `lsedu merge --plan` expects of each lsedu row, printed beside what the row measured.
+    estimates = {}
+    for key, label, cmd, _ in plan:
+        if key.startswith("lsedu") and key not in args.skip:
+            shutil.rmtree(work / f"out-{key[6:]}", ignore_errors=True)
+            drop_caches()
+            out = subprocess.run([*cmd[:-2], "--plan"], capture_output=True, text=True).stdout
+            mem = re.search(r"peak memory about ([\d.]+) ([KMGT]B)", out)
+            sec = re.search(r"time about (\d+) s", out)
+            if mem and sec:
+                estimates[label] = (float(mem.group(1)) * {"KB": 1e3, "MB": 1e6, "GB": 1e9, "TB": 1e12}[mem.group(2)],
+                                    float(sec.group(1)))
     cold = None
     runs: dict[str, list[dict]] = {}
     for round_ in range(args.repeat):
@@ -273,6 +286,17 @@ def main() -> None:
         status = "" if r["ok"] else f"  FAILED: {r['error']}"
         print(f"| {label:<52} | {n:>4} | {r['wall_s']:>8.1f} | {ratio:>11} | {r['cpu_s']:>7.1f} | "
               f"{r['peak_rss'] / 1e9:>11.2f} | {r['peak_anon'] / 1e9:>12.2f} |{status}")
+    if estimates:
+        print()
+        print("`lsedu merge --plan`'s estimates beside the measured runs (page cache dropped before each plan):")
+        print()
+        print(f"| {'row':<52} | {'plan s':>7} | {'wall s':>7} | {'plan peak GB':>12} | {'peak anon GB':>12} |")
+        print(f"|{'-' * 54}|{'-' * 9}|{'-' * 9}|{'-' * 14}|{'-' * 14}|")
+        for label, r, _ in rows:
+            if label in estimates:
+                mem, sec = estimates[label]
+                print(f"| {label:<52} | {sec:>7.0f} | {r['wall_s']:>7.1f} | {mem / 1e9:>12.2f} | "
+                      f"{r['peak_anon'] / 1e9:>12.2f} |")
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
 
