@@ -67,6 +67,21 @@ def _one_line(e: BaseException) -> str:
     return (lines[0] if lines else type(e).__name__)[:300]
 
 
+def _load_error(e: BaseException) -> str:
+    """Why ``torch.load(weights_only=True)`` refused a file, on one line: the weights-only unpickler's reason
+    (an unsupported operand, a global it will not import), not its advice to load with weights_only=False."""
+    text = str(e)
+    if "WeightsUnpickler error:" in text:
+        text = text.split("WeightsUnpickler error:", 1)[1]
+    elif text.startswith("Weights only load failed"):
+        text = "\n".join(text.splitlines()[1:])
+    else:
+        return _one_line(e)
+    lines = [x.strip() for x in text.splitlines() if x.strip() and not x.strip().startswith("Check the documentation")]
+    reason = lines[0][:300] if lines else "an object it does not load"
+    return f"the weights-only unpickler refused it: {reason}; lsedu never runs code from a checkpoint"
+
+
 def _short(value) -> str:
     """A value in an error message: its repr, cut short, and its type."""
     r = repr(value)
@@ -148,6 +163,8 @@ class Checkpoint(Mapping):
                 else:
                     self._read_header(f)
         except OSError as e:  # a folder that cannot be listed, a file that vanished: one line naming it
+            if e.errno is None:  # one of ours (a missing shard), already one line
+                raise
             raise ValueError(f"{e.filename or self.path}: cannot be read ({e.strerror or e})") from e
         if self._index is not None:
             self._check_index()
@@ -200,13 +217,13 @@ class Checkpoint(Mapping):
                 if Path(shard).is_absolute() or os.path.normpath(shard).split(os.sep)[0] in ("..", "."):
                     raise ValueError(f"{index}: weight_map[{name!r}] names {shard!r}, which is not a file "
                                      f"inside the index's folder {index.parent}")
-                if not f.exists():
-                    raise FileNotFoundError(f"{index} lists the shard {shard}, which is missing")
                 if f.is_dir():
                     raise ValueError(f"{index} lists the shard {shard}, which is a folder, not a file")
                 if not (f.suffix == ".safetensors" or f.suffix in PICKLE_SUFFIXES):
                     raise ValueError(f"{index} lists the shard {shard}, which is not a .safetensors or "
                                      f".bin file")
+                if not f.exists():
+                    raise FileNotFoundError(f"{index} lists the shard {shard}, which is missing")
                 shards[shard] = f
         self._index = (index, {name: shards[shard] for name, shard in weight_map.items()})
         return sorted(set(shards.values()))
@@ -250,9 +267,9 @@ class Checkpoint(Mapping):
                 sd = torch.load(f, map_location="cpu", weights_only=True)
             except Exception as e2:
                 raise ValueError(f"{f}: could not be loaded with torch.load(weights_only=True) "
-                                 f"({_one_line(e2)})") from e2
+                                 f"({_load_error(e2)})") from e2
         except Exception as e:
-            raise ValueError(f"{f}: could not be loaded with torch.load(weights_only=True) ({_one_line(e)})") from e
+            raise ValueError(f"{f}: could not be loaded with torch.load(weights_only=True) ({_load_error(e)})") from e
         if isinstance(sd, Mapping) and "state_dict" in sd and isinstance(sd["state_dict"], Mapping):
             sd = sd["state_dict"]
         if not isinstance(sd, Mapping):
@@ -651,7 +668,7 @@ class MaskWriter:
         last = self._seen == self._numel[name]
         whole = len(bits) if last else len(bits) // 8 * 8
         self._carry = bits[whole:]
-        if whole:
+        if whole or last:  # (a mask of no entries is a tensor of no bytes: written all the same)
             self._writer.write(name, torch.from_numpy(np.packbits(bits[:whole])))
         if last:
             self._seen = 0
