@@ -41,6 +41,13 @@ SAFETENSORS_DTYPES = {
 }
 DTYPE_NAMES = {v: k for k, v in SAFETENSORS_DTYPES.items()}
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth")
+#: The output head's name where ``transformers`` ties it to the input embedding (``lm_head.weight`` otherwise),
+#: and the endings of the input embeddings' names: see :meth:`Checkpoint.tied_weights`.
+TIED_HEADS = {"roberta": "lm_head.decoder.weight", "xlm-roberta": "lm_head.decoder.weight",
+              "camembert": "lm_head.decoder.weight", "bert": "cls.predictions.decoder.weight"}
+EMBEDDING_SUFFIXES = ("wte.weight", "embed_tokens.weight", "word_embeddings.weight", "shared.weight",
+                      "tok_embeddings.weight", "embed_in.weight")
+LM_HEADS = ("LMHeadModel", "ForCausalLM", "ForMaskedLM", "ForConditionalGeneration", "ForPreTraining")
 #: Checkpoint.read reads safetensors bytes with os.preadv (POSIX), into tensors of this machine's byte
 #: order, which must be the format's little-endian one; elsewhere it copies out of safetensors' map.
 _PREADV = hasattr(os, "preadv") and sys.byteorder == "little"
@@ -52,6 +59,73 @@ _PAGE = 4096
 #: O_DIRECT reads whole pages into a page-aligned buffer: up to a page to align the buffer's start,
 #: and a page each for the partial pages at both ends of the span.
 READ_SLACK = 3 * _PAGE
+
+
+def _one_line(e: BaseException) -> str:
+    """An exception's message on one line: its first non-empty line (torch's and yaml's run to several)."""
+    lines = [x.strip() for x in str(e).splitlines() if x.strip()]
+    return (lines[0] if lines else type(e).__name__)[:300]
+
+
+def _load_error(e: BaseException) -> str:
+    """Why ``torch.load(weights_only=True)`` refused a file, on one line: the weights-only unpickler's reason
+    (an unsupported operand, a global it will not import), not its advice to load with weights_only=False."""
+    text = str(e)
+    if "WeightsUnpickler error:" in text:
+        text = text.split("WeightsUnpickler error:", 1)[1]
+    elif text.startswith("Weights only load failed"):
+        text = "\n".join(text.splitlines()[1:])
+    else:
+        return _one_line(e)
+    lines = [x.strip() for x in text.splitlines() if x.strip() and not x.strip().startswith("Check the documentation")]
+    reason = lines[0][:300] if lines else "an object it does not load"
+    return f"the weights-only unpickler refused it: {reason}; lsedu never runs code from a checkpoint"
+
+
+def _short(value) -> str:
+    """A value in an error message: its repr, cut short, and its type."""
+    r = repr(value)
+    return f"{r[:60] + '...' if len(r) > 60 else r} ({type(value).__name__})"
+
+
+def _check_file(f: Path, what: str) -> None:
+    """``f`` is a regular file that this process can read, and not empty; errors name it (one line, no errno)."""
+    if f.is_dir():
+        raise ValueError(f"{f}: the {what} is a folder, not a file")
+    if not f.exists():
+        raise FileNotFoundError(f"{what} not found: {f}")
+    try:
+        with open(f, "rb") as fh:
+            empty = not fh.read(1)
+    except OSError as e:
+        raise ValueError(f"{f}: the {what} cannot be read ({e.strerror or e})") from e
+    if empty:
+        raise ValueError(f"{f}: the {what} is empty (0 bytes)")
+
+
+def _storable() -> str:
+    """The dtypes that lsedu reads and writes, the ones a pickled checkpoint may hold, as a list for a message."""
+    return ", ".join(str(d).removeprefix("torch.") for d in DTYPE_NAMES)
+
+
+def _stored_tensor(f: Path, name, t) -> torch.Tensor:
+    """A pickled state dict's entry as the plain tensor lsedu stores (an ``nn.Parameter`` detached), or an error
+    naming the tensor and the file: a name that is not a string, a value that is not a tensor, a sparse,
+    quantized or meta tensor, a dtype the safetensors writer cannot store (complex, uint16-64, float8...)."""
+    if not isinstance(name, str):
+        raise ValueError(f"{f}: the state dict has a key {name!r} ({type(name).__name__}); tensor names are strings")
+    if not isinstance(t, torch.Tensor):
+        raise ValueError(f"{f}: entry {name!r} is a {type(t).__name__}, not a tensor (a state dict maps names to "
+                         "tensors)")
+    if isinstance(t, torch.nn.Parameter):
+        t = t.detach()
+    if t.layout != torch.strided or t.is_quantized or t.is_meta:
+        kind = "meta" if t.is_meta else "quantized" if t.is_quantized else str(t.layout).removeprefix("torch.")
+        raise ValueError(f"{f}: tensor {name!r} is a {kind} tensor; lsedu reads dense tensors with data")
+    if t.dtype not in DTYPE_NAMES:
+        raise ValueError(f"{f}: tensor {name!r} has dtype {str(t.dtype).removeprefix('torch.')}, which lsedu "
+                         f"cannot store (it stores {_storable()})")
+    return t
 
 
 class Checkpoint(Mapping):
@@ -79,12 +153,21 @@ class Checkpoint(Mapping):
         #: read() big blocks past the page cache (O_DIRECT): worth it when the inputs cannot stay cached anyway.
         self.direct = False
         self._pickled: dict[str, torch.Tensor] | None = None
-        files = self._resolve()
-        for f in files:
-            if f.suffix in PICKLE_SUFFIXES:
-                self._load_pickle(f)
-            else:
-                self._read_header(f)
+        self._index: tuple[Path, dict[str, Path]] | None = None  # the index file and its weight_map, if any
+        try:
+            files = self._resolve()
+            for f in files:
+                _check_file(f, "checkpoint file")
+                if f.suffix in PICKLE_SUFFIXES:
+                    self._load_pickle(f)
+                else:
+                    self._read_header(f)
+        except OSError as e:  # a folder that cannot be listed, a file that vanished: one line naming it
+            if e.errno is None:  # one of ours (a missing shard), already one line
+                raise
+            raise ValueError(f"{e.filename or self.path}: cannot be read ({e.strerror or e})") from e
+        if self._index is not None:
+            self._check_index()
         if not self._info:
             raise ValueError(f"checkpoint {self.path} holds no tensors")
 
@@ -112,21 +195,52 @@ class Checkpoint(Mapping):
         )
 
     def _from_index(self, index: Path) -> list[Path]:
+        """The shards that ``index`` lists: each one a file inside the index's folder; errors name the index."""
+        _check_file(index, "checkpoint index")
         try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (OSError, ValueError, KeyError) as e:
-            raise ValueError(f"{index}: not a valid checkpoint index ({e})") from e
-        files = sorted({index.parent / f for f in weight_map.values()})
-        for f in files:
-            if not f.exists():
-                raise FileNotFoundError(f"{index} lists the shard {f.name}, which is missing")
-        return files
+            raw = json.loads(index.read_bytes().decode("utf-8"))
+        except (OSError, ValueError) as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+            raise ValueError(f"{index}: not a valid checkpoint index ({_one_line(e)})") from e
+        weight_map = raw.get("weight_map") if isinstance(raw, dict) else None
+        if not isinstance(weight_map, dict) or not weight_map:
+            got = type(raw).__name__ if not isinstance(raw, dict) else \
+                "no 'weight_map'" if "weight_map" not in raw else f"weight_map {_short(weight_map)}"
+            raise ValueError(f"{index}: not a valid checkpoint index (it must be a JSON object whose 'weight_map' "
+                             f"maps each tensor name to a shard file; got {got})")
+        shards: dict[str, Path] = {}
+        for name, shard in weight_map.items():
+            if not isinstance(shard, str) or not shard:
+                raise ValueError(f"{index}: weight_map[{name!r}] must be a shard's file name, got {_short(shard)}")
+            if shard not in shards:
+                f = index.parent / shard
+                # lexically inside the folder (a shard may be a symlink, as in the Hugging Face cache)
+                if Path(shard).is_absolute() or os.path.normpath(shard).split(os.sep)[0] in ("..", "."):
+                    raise ValueError(f"{index}: weight_map[{name!r}] names {shard!r}, which is not a file "
+                                     f"inside the index's folder {index.parent}")
+                if f.is_dir():
+                    raise ValueError(f"{index} lists the shard {shard}, which is a folder, not a file")
+                if not (f.suffix == ".safetensors" or f.suffix in PICKLE_SUFFIXES):
+                    raise ValueError(f"{index} lists the shard {shard}, which is not a .safetensors or "
+                                     f".bin file")
+                if not f.exists():
+                    raise FileNotFoundError(f"{index} lists the shard {shard}, which is missing")
+                shards[shard] = f
+        self._index = (index, {name: shards[shard] for name, shard in weight_map.items()})
+        return sorted(set(shards.values()))
+
+    def _check_index(self) -> None:
+        """Every tensor the index names is in the shard it names (a stale index is refused, not half-trusted)."""
+        index, where = self._index
+        for name, f in where.items():
+            if self._where.get(name) != f:
+                held = f"is in {self._where[name].name}" if name in self._where else "is in no shard"
+                raise ValueError(f"{index}: weight_map puts tensor {name!r} in {f.name}, but it {held}")
 
     def _read_header(self, f: Path) -> None:
-        try:
+        try:  # safe_open checks the header: its length, its JSON, every tensor's offsets within the file
             handle = safe_open(str(f), framework="pt")
         except Exception as e:  # safetensors raises its own error types for bad headers
-            raise ValueError(f"{f}: not a readable safetensors file ({e})") from e
+            raise ValueError(f"{f}: not a readable safetensors file ({_one_line(e)})") from e
         self._handles[f] = handle
         with open(f, "rb") as fh:  # the data offsets, for read(); safe_open has checked the header
             n = int.from_bytes(fh.read(8), "little")
@@ -138,21 +252,33 @@ class Checkpoint(Mapping):
             sl = handle.get_slice(name)
             dtype = SAFETENSORS_DTYPES.get(sl.get_dtype())
             if dtype is None:
-                raise ValueError(f"{f}: tensor {name!r} has dtype {sl.get_dtype()}, which lsedu does not merge")
+                raise ValueError(f"{f}: tensor {name!r} has dtype {sl.get_dtype()}, which lsedu does not merge "
+                                 f"(it reads {', '.join(SAFETENSORS_DTYPES)})")
             self._add(name, f, (tuple(sl.get_shape()), dtype))
 
     def _load_pickle(self, f: Path) -> None:
         try:
             sd = torch.load(f, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as e:  # a file in torch's legacy (pre-1.6) format cannot be memory-mapped: load it
+            if "mmap" not in str(e):
+                raise ValueError(f"{f}: could not be loaded with torch.load(weights_only=True) ({_one_line(e)})") \
+                    from e
+            try:
+                sd = torch.load(f, map_location="cpu", weights_only=True)
+            except Exception as e2:
+                raise ValueError(f"{f}: could not be loaded with torch.load(weights_only=True) "
+                                 f"({_load_error(e2)})") from e2
         except Exception as e:
-            raise ValueError(f"{f}: could not be loaded with torch.load(weights_only=True) ({e})") from e
+            raise ValueError(f"{f}: could not be loaded with torch.load(weights_only=True) ({_load_error(e)})") from e
         if isinstance(sd, Mapping) and "state_dict" in sd and isinstance(sd["state_dict"], Mapping):
             sd = sd["state_dict"]
-        if not isinstance(sd, Mapping) or not all(isinstance(t, torch.Tensor) for t in sd.values()):
-            raise ValueError(f"{f}: does not hold a state dict (a dict of name -> tensor)")
-        self._pickled = {**(self._pickled or {}), **sd}
+        if not isinstance(sd, Mapping):
+            raise ValueError(f"{f}: does not hold a state dict (a dict of name -> tensor), but a {type(sd).__name__}")
+        clean = {}
         for name, t in sd.items():
+            clean[name] = t = _stored_tensor(f, name, t)
             self._add(name, f, (tuple(t.shape), t.dtype))
+        self._pickled = {**(self._pickled or {}), **clean}
 
     def _add(self, name: str, f: Path, info) -> None:
         if name in self._where:
@@ -297,6 +423,54 @@ class Checkpoint(Mapping):
 
     def files(self) -> list[Path]:
         return sorted(set(self._where.values()))
+
+    def config(self) -> dict:
+        """The model's ``config.json`` next to the checkpoint, as a dict; ``{}`` if there is none.
+
+        A config.json that is not a readable JSON object is an error naming it.
+        """
+        path = self.folder / "config.json"
+        if not path.is_file():
+            return {}
+        try:
+            cfg = json.loads(path.read_bytes().decode("utf-8"))
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{path}: not a readable JSON config ({_one_line(e)})") from e
+        if not isinstance(cfg, dict):
+            raise ValueError(f"{path}: a model config is a JSON object, got a {type(cfg).__name__}")
+        return cfg
+
+    def tied_weights(self) -> dict[str, str]:
+        """``{absent name: saved name}``: the output head that is tied to the input embedding and saved once.
+
+        The rule: a tied weight is one tensor under two names, and a
+        checkpoint saves it once, under the input embedding's name
+        (``transformers`` drops ``lm_head.weight`` of GPT-2, Llama, SmolLM2;
+        ``lm_head.decoder.weight`` of RoBERTa). A merge sees the saved name
+        only: merging or excluding the embedding does the same to the head,
+        and a pattern that names only the absent head matches nothing (an
+        error, whose message says this). Tied means: the base's config.json
+        says ``tie_word_embeddings`` (true when the key is absent, as in
+        ``transformers``), the head's name is not in the checkpoint, and one
+        2-D embedding is (of ``vocab_size`` rows where the config gives it).
+        Without a config.json, nothing is known to be tied: ``{}``.
+
+        Not called in a notebook: ``lsedu merge`` names the tied head in its errors and its plan; see the appendix
+        (appendix_streaming_merge.ipynb).
+        """
+        cfg = self.config()
+        if not cfg or cfg.get("tie_word_embeddings", True) is not True:
+            return {}
+        arch = cfg.get("architectures")
+        if isinstance(arch, list) and not any(isinstance(a, str) and a.endswith(LM_HEADS) for a in arch):
+            return {}  # a model without an output head over the vocabulary (a classifier, a bare encoder)
+        head = TIED_HEADS.get(cfg.get("model_type"), "lm_head.weight")
+        if head in self._info:
+            return {}
+        vocab = cfg.get("vocab_size")
+        found = [n for n in self._info if len(self.shape(n)) == 2 and n.endswith(EMBEDDING_SUFFIXES)
+                 and (not isinstance(vocab, int) or self.shape(n)[0] == vocab)]
+        return {head: found[0]} if len(found) == 1 else {}
 
 
 def _header(entries: Sequence[tuple[str, tuple[int, ...], torch.dtype]], metadata: dict[str, str]) -> tuple[bytes, int]:
@@ -494,7 +668,7 @@ class MaskWriter:
         last = self._seen == self._numel[name]
         whole = len(bits) if last else len(bits) // 8 * 8
         self._carry = bits[whole:]
-        if whole:
+        if whole or last:  # (a mask of no entries is a tensor of no bytes: written all the same)
             self._writer.write(name, torch.from_numpy(np.packbits(bits[:whole])))
         if last:
             self._seen = 0
@@ -517,6 +691,8 @@ def save_masks(mask: Mapping[str, torch.Tensor], path: str | os.PathLike, **meta
         if m.dtype != torch.bool:
             raise TypeError(f"mask[{n!r}] must be a torch.bool mask, got dtype {m.dtype}")
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path}: the mask file to save is an existing folder; name a file")
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     writer = MaskWriter(tmp, [(n, tuple(m.shape)) for n, m in mask.items()], {k: str(v) for k, v in metadata.items()})
     try:
@@ -534,22 +710,69 @@ def save_masks(mask: Mapping[str, torch.Tensor], path: str | os.PathLike, **meta
 def load_masks(path: str | os.PathLike) -> Mask:
     """Load masks saved by :func:`save_masks` (or by ``lsedu merge``) as bool tensors.
 
+    The file is checked before it is trusted: its metadata must say
+    ``lsedu_mask: packbits`` and give ``shapes``, a JSON object of name ->
+    list of non-negative ints; it must hold exactly those tensors, each a
+    1-D uint8 tensor of the bytes its shape needs (one bit an entry, rounded
+    up to a byte). Any other file is a ValueError that names it (and the tensor).
+
     Explained in the appendix (appendix_streaming_merge.ipynb), which loads the saved masks with it.
     """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"mask file not found: {path}")
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-        if meta.get("lsedu_mask") != "packbits":
-            raise ValueError(f"{path} is not an lsedu mask file (no 'lsedu_mask: packbits' in its metadata)")
-        shapes = json.loads(meta["shapes"])
+    try:
+        _check_file(path, "mask file")
+        handle = safe_open(str(path), framework="pt")
+    except OSError as e:
+        raise ValueError(f"{path}: the mask file cannot be read ({e.strerror or e})") from e
+    except ValueError:
+        raise
+    except Exception as e:  # safetensors' own error types
+        raise ValueError(f"mask file {path}: not a readable safetensors file ({_one_line(e)})") from e
+    with handle as f:
+        shapes = _mask_shapes(path, f.metadata() or {})
+        held = set(f.keys())
+        missing, extra = [n for n in shapes if n not in held], sorted(held - set(shapes))
+        if missing or extra:
+            which = f"tensor {missing[0]!r} is listed in its 'shapes' metadata but missing" if missing else \
+                f"tensor {extra[0]!r} is not listed in its 'shapes' metadata"
+            raise ValueError(f"mask file {path}: {which}")
         out = {}
         for name, shape in shapes.items():
-            n = math.prod(shape)
+            sl = f.get_slice(name)
+            n, dtype, stored = math.prod(shape), sl.get_dtype(), tuple(sl.get_shape())
+            need = -(-n // 8)
+            if dtype != "U8" or len(stored) != 1:
+                raise ValueError(f"mask file {path}: tensor {name!r} is {dtype} of shape {stored}; packed bits "
+                                 "are a 1-D U8 (uint8) tensor")
+            if stored[0] != need:
+                raise ValueError(f"mask file {path}: tensor {name!r} holds {stored[0]} bytes, its shape "
+                                 f"{tuple(shape)} needs {need}")
             bits = np.unpackbits(f.get_tensor(name).numpy(), count=n)
             out[name] = torch.from_numpy(bits.astype(bool)).reshape(shape)
     return out
+
+
+def _mask_shapes(path: Path, meta: dict) -> dict[str, list[int]]:
+    """The ``shapes`` of a mask file's metadata, checked: a JSON object of name -> list of non-negative ints."""
+    if meta.get("lsedu_mask") != "packbits":
+        raise ValueError(f"{path} is not an lsedu mask file (no 'lsedu_mask: packbits' in its metadata)")
+    if "shapes" not in meta:
+        raise ValueError(f"mask file {path}: its metadata has no 'shapes'")
+    try:
+        shapes = json.loads(meta["shapes"])
+    except ValueError as e:
+        raise ValueError(f"mask file {path}: its 'shapes' metadata is not valid JSON ({_one_line(e)})") from e
+    if not isinstance(shapes, dict):
+        raise ValueError(f"mask file {path}: its 'shapes' metadata must be a JSON object of name -> shape, "
+                         f"got {_short(shapes)}")
+    for name, shape in shapes.items():
+        if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
+                                                  for d in shape):
+            raise ValueError(f"mask file {path}: the shape of tensor {name!r} in its 'shapes' metadata must be a "
+                             f"list of non-negative ints, got {_short(shape)}")
+    return shapes
 
 
 # --- overlapping the disk and the cores ---------------------------------------------------------------
