@@ -22,6 +22,8 @@ module                 what                                             notebook
 ``topk``               exact global top-k in O(largest tensor) memory    04, 05
 ``methods``            the registry: each method's name, function,       book
                        parameters and defaults, data, label, grid
+``conventions``        the reference tools' rules by name (TIES repo,    book
+                       Localize-and-Stitch repo, peft, mergekit)
 ``merge``              ``lsedu merge``: streamed merges of checkpoints   appendix
                        larger than memory (``merge``, ``Checkpoint``)
 ``explore``            the sparsity and overlap explorers (widgets)      05
