@@ -362,3 +362,21 @@ def test_student_edition_under_a_regular_file_is_one_line(tmp_path, capsys):
           r"cannot create .*file/out: .*file is a file, not a folder", command="student-edition")
     fails(capsys, tmp_path, ["student-edition", str(src), str(tmp_path / "file"), "--overwrite"],
           r"file exists and is a file, not a folder", command="student-edition")
+
+
+def test_excluding_a_tied_head_says_it_is_saved_as_the_embedding(tmp_path, capsys):
+    """GPT-2 saves its tied lm_head once, as the embedding: the error and the plan both say so."""
+    import transformers
+
+    cfg = transformers.GPT2Config(n_layer=1, n_embd=8, n_head=2, vocab_size=16, n_positions=8)
+    for name in ("base", "ft0"):
+        transformers.GPT2LMHeadModel(cfg).save_pretrained(tmp_path / name)
+    r = tmp_path / "r.yaml"
+    r.write_text(yaml.safe_dump({"merge_method": "task_arithmetic", "base_model": "base", "models": ["ft0"],
+                                 "output": "out", "exclude": ["lm_head.*"]}))
+    fails(capsys, tmp_path, ["merge", str(r)],
+          r"exclude pattern 'lm_head\.\*' matches no tensor .*'lm_head\.weight' is tied to the input embedding .*"
+          r"saved once, as 'transformer\.wte\.weight'")
+    edit(r, exclude=["*wte.weight"])
+    assert cli.main(["merge", str(r), "--plan"]) == 0
+    assert "tied: lm_head.weight is transformer.wte.weight" in capsys.readouterr().out

@@ -22,7 +22,6 @@ random numbers), and estimates the merge's peak memory, disk and time.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import shutil
@@ -35,10 +34,9 @@ import numpy as np
 import psutil
 import torch
 
-from ..task_vectors import select
 from .blocks import CHUNK_ENTRIES, Block, chunks
 from .io import READ_SLACK, Checkpoint, load_masks
-from .recipe import MergeRecipe
+from .recipe import MergeRecipe, select_tensors
 
 #: A per-tensor trim ranks each tensor on its own, so a tensor merged whole is read once, while one
 #: cut into blocks is read about twice (a sample, a pass to count around it, the merge). Up to this many entries
@@ -80,18 +78,10 @@ def check_layouts(base: Checkpoint, models: Sequence[Checkpoint]) -> None:
 
 
 def _vocab_size(c: Checkpoint) -> int | None:
-    """``vocab_size`` of the ``config.json`` next to the weights (or of its ``text_config``), if there is one."""
-    f = c.folder / "config.json"
-    if not f.is_file():
-        return None
-    try:
-        cfg = json.loads(f.read_text())
-    except (OSError, ValueError) as e:
-        raise ValueError(f"{f}: not a readable JSON config ({e})") from e
-    if not isinstance(cfg, dict):
-        raise ValueError(f"{f}: a config.json holds a JSON object, got {type(cfg).__name__}")
-    v = cfg.get("vocab_size", (cfg.get("text_config") or {}).get("vocab_size") if isinstance(cfg.get("text_config"),
-                                                                                             dict) else None)
+    """``vocab_size`` of the ``config.json`` next to the weights (or of its ``text_config``), if it gives one."""
+    cfg = c.config()
+    text = cfg.get("text_config")
+    v = cfg.get("vocab_size", text.get("vocab_size") if isinstance(text, dict) else None)
     return v if isinstance(v, int) and not isinstance(v, bool) else None
 
 
@@ -197,6 +187,8 @@ class MergePlan:
                  f"inputs" + (f"; vocabulary {_vocab_size(base)}" if _vocab_size(base) else ""),
                  f"  merged: {len(self.names)} tensors ({self.merged_entries:,} entries); "
                  f"{len(base) - len(self.names)} copied from the base"]
+        for head, saved in self.base.tied_weights().items():
+            lines.append(f"  tied: {head} is {saved} (saved once; merged with it)")
         for key, out in self.outputs.items():
             lines.append(f"  writes {key}: {out} ({_size(self.write_bytes[key])}; "
                          f"{_size(self.free_bytes.get(key, 0))} free there)")
@@ -227,7 +219,7 @@ def plan(recipe: MergeRecipe, output=None, *, overwrite: bool = False, estimate:
     models = [Checkpoint(m) for m in recipe.models]
     check_layouts(base, models)
     floating = [n for n in base if base.dtype(n).is_floating_point]
-    names = select(floating, recipe.include, recipe.exclude)
+    names = select_tensors(base, floating, recipe.include, recipe.exclude)
     if not names:
         raise ValueError("nothing to merge: include/exclude leave no floating-point tensor "
                          f"({len(floating)} of {len(base)} are floating-point); every tensor would be the base's")
