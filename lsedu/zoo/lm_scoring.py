@@ -133,9 +133,18 @@ def continuation_logprobs(forward: Forward, enc: Mapping[str, torch.Tensor], max
     The sum over the continuation's tokens of log softmax of the logits, lm-eval-harness's
     ``loglikelihood``. Rows with the same input (options of one token after
     the same prompt: "positive" / "negative") differ only in their last
-    target, so, as lm-eval does, each distinct input runs through
-    ``forward`` once. Inputs run in chunks of at most ``max_tokens`` tokens,
-    so the ``[rows, L, vocab]`` logits stay small.
+    target, so, as lm-eval does, each distinct input runs through the model
+    once. Inputs run in chunks of at most ``max_tokens`` tokens.
+
+    When ``forward`` is a transformers causal LM, three shortcuts give the
+    same numbers (to float32 rounding, tested against lm-eval) at a third of
+    the cost (``benchmarks/bench_lm_scoring.py``): the prefix that every
+    input shares (the chat template and the skill's instruction) runs once,
+    and its keys and values are reused by every row (:func:`shared_prefix`);
+    inputs are sorted by length so that a chunk pads little; and the output
+    layer, a 49,152-way product at every position, runs only at the
+    positions that predict a continuation token. Any other ``forward`` (a
+    plain function returning logits) takes the direct route: full logits.
 
     Not called in a notebook: the causal-LM setups of both tracks (notebook 08) use it; see notebook 08
     (08_case_causal_lm.ipynb).
@@ -144,8 +153,10 @@ def continuation_logprobs(forward: Forward, enc: Mapping[str, torch.Tensor], max
     key = torch.cat([enc["input_ids"], enc["attention_mask"]], 1)
     uniq, inverse = torch.unique(key, dim=0, return_inverse=True)
     ids, mask = uniq[:, :width], uniq[:, width:]
-    step = max(1, max_tokens // max(width, 1))
     out = torch.zeros(n, device=enc["input_ids"].device)
+    if _body_and_head(forward) is not None:
+        return _scored_by_positions(forward, enc, ids, mask, inverse, out, max_tokens)
+    step = max(1, max_tokens // max(width, 1))
     for s in range(0, len(uniq), step):
         logits = logits_of(forward(input_ids=ids[s:s + step], attention_mask=mask[s:s + step])).float()
         norm = torch.logsumexp(logits, -1)
@@ -153,6 +164,79 @@ def continuation_logprobs(forward: Forward, enc: Mapping[str, torch.Tensor], max
             rows = torch.nonzero(inverse == u).flatten()
             lp = logits[u - s].gather(-1, enc["targets"][rows].T).T - norm[u - s]  # [rows, L]
             out[rows] = (lp * enc["target_mask"][rows]).sum(-1)
+    return out
+
+
+def _body_and_head(model) -> tuple[nn.Module, nn.Module] | None:
+    """A transformers causal LM's body (hidden states, final norm applied) and output layer, or None."""
+    body = getattr(model, "base_model", None)
+    get_head = getattr(model, "get_output_embeddings", None)
+    if not isinstance(model, nn.Module) or body is None or body is model or get_head is None:
+        return None
+    head = get_head()
+    return None if head is None else (body, head)
+
+
+def shared_prefix(ids: torch.Tensor, mask: torch.Tensor, first_target: torch.Tensor) -> int:
+    """How many leading tokens every row of ``ids`` shares, up to (not into) its first predicting position.
+
+    The hidden state at position p predicts token p + 1, so a row's
+    positions from ``first_target`` on must run with the row; the ones
+    before, when every row has the same tokens there, run once for all.
+
+    Not called in a notebook: the causal-LM setups of both tracks (notebook 08) score with it; see notebook 08
+    (08_case_causal_lm.ipynb).
+    """
+    limit = int(first_target.min())
+    same = (ids[:, :limit] == ids[:1, :limit]).all(0) & (mask[:, :limit] == 1).all(0)
+    differ = torch.nonzero(~same)
+    return int(differ[0]) if len(differ) else limit
+
+
+def _scored_by_positions(model, enc, ids, mask, inverse, out, max_tokens: int) -> torch.Tensor:
+    """:func:`continuation_logprobs` for a transformers causal LM: shared prefix once, head at the targets only."""
+    body, head = _body_and_head(model)
+    from transformers import DynamicCache
+
+    # Each row's (position, target) pairs, grouped by the distinct input they read.
+    row_pos = [torch.nonzero(m).flatten() for m in enc["target_mask"]]
+    first = torch.stack([p.min() for p in row_pos])
+    first_u = torch.full((len(ids),), ids.shape[1], dtype=torch.long).scatter_reduce(0, inverse, first, "amin")
+    P = shared_prefix(ids, mask, first_u)
+    past = None
+    if P:
+        past = body(input_ids=ids[:1, :P], attention_mask=mask[:1, :P], use_cache=True).past_key_values
+        layers = [(layer.keys, layer.values) for layer in past.layers]
+    lengths = mask.sum(1)
+    order = torch.argsort(lengths, descending=True, stable=True)
+    rows_of = [[] for _ in range(len(ids))]
+    for r, u in enumerate(inverse.tolist()):
+        rows_of[u].append(r)
+    s = 0
+    while s < len(order):
+        w = int(lengths[order[s]]) - P  # the longest suffix in this chunk (sorted: the first)
+        chunk = order[s:s + max(1, max_tokens // max(w, 1))]
+        s += len(chunk)
+        B = len(chunk)
+        kw = {"input_ids": ids[chunk, P:P + w], "attention_mask": mask[chunk, :P + w],
+              "position_ids": torch.arange(P, P + w, device=ids.device).expand(B, w)}
+        if P:
+            kw["past_key_values"] = DynamicCache([(k.expand(B, *k.shape[1:]), v.expand(B, *v.shape[1:]))
+                                                  for k, v in layers])
+        hidden = body(**kw, use_cache=bool(P)).last_hidden_state  # [B, w, H]
+        b_idx, pos, tgt, dest = [], [], [], []
+        for j, u in enumerate(chunk.tolist()):
+            for r in rows_of[u]:
+                p = row_pos[r]
+                b_idx.append(torch.full_like(p, j))
+                pos.append(p - P)
+                tgt.append(enc["targets"][r, p])
+                dest.append(torch.full_like(p, r))
+        b_idx, pos, tgt, dest = (torch.cat(x) for x in (b_idx, pos, tgt, dest))
+        logits = head(hidden[b_idx, pos]).float()  # [positions, vocab]: only where a target is predicted
+        lp = logits.gather(-1, tgt[:, None])[:, 0] - torch.logsumexp(logits, -1)
+        out.index_add_(0, dest, lp)
+    del past
     return out
 
 
@@ -257,6 +341,11 @@ class MultipleChoiceLM:
             flat = [(c, o) for c, it in zip(ctx, items) for o in it["options"]]
             choices = encode_choices(self.tokenizer, [c for c, _ in flat], [o for _, o in flat], self.device)
             yield ChoiceBatch(items, labels, answer, choices, [len(it["options"]) for it in items])
+
+    def eval_order(self, task: str, split: Split) -> torch.Tensor:
+        """Longest context first, by tokens: a batch of items then pads little (``Setup.eval_order``)."""
+        ids = self.tokenizer([self.context(it["prompt"]) for it in split.inputs], add_special_tokens=False)["input_ids"]
+        return torch.argsort(torch.tensor([len(x) for x in ids]), descending=True, stable=True)
 
     def loss(self, task: str, forward: Forward, batch: ChoiceBatch) -> torch.Tensor:
         """Causal LM loss of the right option's tokens (what scoring compares)."""

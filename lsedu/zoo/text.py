@@ -505,6 +505,11 @@ class TextSetup(ClassificationSetup):
             yield (enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device),
                    split.labels[idx].to(self.device))
 
+    def eval_order(self, task: str, split: Split) -> torch.Tensor:
+        """Longest text first, by tokens after truncation: a batch then pads little (:meth:`Setup.eval_order`)."""
+        ids = self.tokenizer(list(split.inputs), truncation=True, max_length=self.config.max_length)["input_ids"]
+        return torch.argsort(torch.tensor([len(x) for x in ids]), descending=True, stable=True)
+
     def features(self, forward, batch) -> torch.Tensor:
         """Mean of the last hidden states over the real tokens (sentence-transformers' pooling): ``[batch, 384]``."""
         input_ids, mask = batch[0], batch[1]
