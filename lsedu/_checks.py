@@ -72,6 +72,30 @@ def all_finite(t: torch.Tensor) -> bool:
     return bool(torch.isfinite(t).all())
 
 
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype a merge computes in for tensors of ``dtype``: float16 and bfloat16 in float32 (then cast
+    back), float32 and float64 in their own, so that float64 inputs are never rounded to float32.
+
+    Not called in a notebook: lsedu's merges compute with it; see "The library in one
+    screen" on the book's first page (book/intro.md).
+    """
+    return torch.promote_types(dtype, torch.float32)
+
+
+def check_no_overflow(name: str, t: torch.Tensor, what: str, remedy: str) -> torch.Tensor:
+    """``t``, a result computed from finite inputs, is finite; else a one-line error names tensor ``name``:
+    ``"tensor 'name': WHAT DTYPE (...); REMEDY"``, ``what`` ending in its verb ("the merged values overflow").
+    Returns ``t``.
+
+    Not called in a notebook: lsedu's merges check their results with it; see "The library in one
+    screen" on the book's first page (book/intro.md).
+    """
+    if not all_finite(t):
+        bad, dtype = int((~torch.isfinite(t)).sum()), str(t.dtype).removeprefix("torch.")
+        raise ValueError(f"tensor {name!r}: {what} {dtype} ({bad} non-finite value(s) from finite inputs); {remedy}")
+    return t
+
+
 def check_finite(sd: Mapping[str, torch.Tensor], arg: str) -> None:
     """Floating tensors of ``sd`` hold no NaN or inf.
 

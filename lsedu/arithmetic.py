@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ._checks import StateDict, check_base_and_vectors, check_nonempty_list, check_scalar
+from ._checks import StateDict, check_base_and_vectors, check_nonempty_list, check_scalar, compute_dtype
 from .soups import _score
 from .task_vectors import apply_vector
 
@@ -25,13 +25,15 @@ def task_arithmetic(
     """Task arithmetic, ``theta = theta_pre + lam * sum_i tau_i`` (Ilharco et al. 2023, Sec. 2).
 
     A negative ``lam`` (or a negated task vector) makes the model forget.
-    The order of ``task_vectors`` does not matter. Returns a new state dict.
+    The order of ``task_vectors`` does not matter. It computes in the
+    inputs' dtype (float16 and bfloat16 in float32); a result too large for
+    the dtype is an error naming the tensor. Returns a new state dict.
 
     Explained in notebook 03 (03_task_arithmetic.ipynb).
     """
     tvs = check_base_and_vectors(base, task_vectors)
     lam = check_scalar(lam, "lam")
-    total = {n: sum(tv[n].float() for tv in tvs) for n in tvs[0]}
+    total = {n: sum(tv[n].to(compute_dtype(tv[n].dtype)) for tv in tvs) for n in tvs[0]}
     return apply_vector(base, total, lam)
 
 

@@ -13,7 +13,14 @@ from typing import Literal
 
 import torch
 
-from ._checks import StateDict, check_base_and_vectors, check_fraction, check_task_vector
+from ._checks import (
+    StateDict,
+    check_base_and_vectors,
+    check_fraction,
+    check_no_overflow,
+    check_task_vector,
+    compute_dtype,
+)
 from .arithmetic import task_arithmetic
 from .task_vectors import TaskVector
 from .ties import ties_merge
@@ -48,12 +55,14 @@ def drop_and_rescale(t: torch.Tensor, p: float, seed: int, name: str, numel: int
                      start: int = 0) -> torch.Tensor:
     """DARE on the flat entries ``start:start + t.numel()`` of tensor ``name`` (of ``numel`` entries in all).
 
+    The rescaling is computed in ``t``'s dtype (float16 and bfloat16 in float32) and cast back.
+
     Not called in a notebook: the building block of ``dare``, explained in notebook 04
     (04_interference_ties_dare.ipynb), and of the DARE of ``lsedu merge`` (appendix_streaming_merge.ipynb).
     """
     numel = t.numel() if numel is None else numel
     keep = uniform_stream(seed, name, numel, start, start + t.numel()).reshape(t.shape) >= p
-    return torch.where(keep, t.float() / (1 - p), 0.0).to(t.dtype)
+    return torch.where(keep, t.to(compute_dtype(t.dtype)) / (1 - p), 0.0).to(t.dtype)
 
 
 def _check_seed(seed) -> None:
@@ -73,7 +82,9 @@ def dare(task_vector: Mapping[str, torch.Tensor], p: float, seed: int = 0) -> Ta
     check_task_vector(task_vector, "task_vector")
     p = check_fraction(p, "p", low_open=False, high_open=True)
     _check_seed(seed)
-    return TaskVector({n: drop_and_rescale(t, p, seed, n) for n, t in task_vector.items()})
+    return TaskVector({n: check_no_overflow(n, drop_and_rescale(t, p, seed, n), f"the rescaled task vector "
+                                            f"(tau / (1 - p), p={p:g}) overflows", "use a smaller p, or convert the "
+                                            "models to a wider dtype first") for n, t in task_vector.items()})
 
 
 def dare_merge(

@@ -707,7 +707,8 @@ def _localize_cases(seed: int, extra: int) -> list[tuple[str, tuple]]:
 def check_localize_dataless(student, *, hidden: bool = False) -> None:
     """Check ``student(task_vector, density) -> dict`` of bool masks: dataless localization (notebook 05).
 
-    The mask keeps the ``k = round(density * N)`` largest ``|tau|`` over all tensors at once; among
+    The mask keeps the ``k = floor(density * N + 1/2)`` largest ``|tau|`` (half up, at least one:
+    :func:`lsedu.topk.count_for_density`) over all tensors at once; among
     entries that tie at the threshold the earliest are kept (tensor order, then position), as
     :func:`lsedu.localize_dataless` does.
 
@@ -724,7 +725,7 @@ def check_localize_dataless(student, *, hidden: bool = False) -> None:
         kept = sum(int(out[n].sum()) for n in tau)
         if kept != k:
             _fail(f"on {case} your mask keeps {kept} entries; with density {density} over {n_all} entries it "
-                  f"should keep exactly round({density} * {n_all}) = {k}"
+                  f"should keep exactly floor({density} * {n_all} + 1/2) = {k} (half up)"
                   + (" (when entries tie at the threshold, keep only the earliest ones)" if kept > k else ""))
         def only_in(a, b):
             return [(n, i) for n in tau for i in torch.nonzero(a[n].reshape(-1) & ~b[n].reshape(-1)).reshape(-1).tolist()]

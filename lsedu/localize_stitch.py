@@ -33,6 +33,7 @@ from ._checks import (
     check_same_layout,
     check_state_dict,
     check_task_vector,
+    compute_dtype,
 )
 from .config import check_arg, choice, integer, number, optional
 from .task_vectors import apply_vector
@@ -42,8 +43,9 @@ from .topk import count_for_density, global_topk_mask, topk_mask
 def localize_dataless(task_vector: Mapping[str, torch.Tensor], density: float = 0.01) -> Mask:
     """Dataless localization: ``gamma = 1`` on the top-k of ``|tau|`` over all its tensors at once.
 
-    ``k = round(density * n)`` exactly (ties at the threshold broken by
-    tensor order, then position). Returns bool masks shaped like ``tau``.
+    ``k = floor(density * n + 1/2)`` exactly, rounding half up, at least one
+    (:func:`lsedu.topk.count_for_density`); ties at the threshold are broken
+    by tensor order, then position. Returns bool masks shaped like ``tau``.
 
     Explained in notebook 05 (05_localize_and_stitch.ipynb).
     """
@@ -151,7 +153,7 @@ def localize_trained(
 
     device = torch.device(device) if device is not None else next(model.parameters(), torch.empty(0)).device
     theta = {n: t.detach().to(device) for n, t in base.items()}
-    tau = {n: t.detach().to(device, torch.float32) for n, t in tv.items()}
+    tau = {n: t.detach().to(device, compute_dtype(t.dtype)) for n, t in tv.items()}
     init = localize_dataless(tv, density)
     S = {n: torch.where(init[n], b, -b).to(device, torch.float32).requires_grad_() for n in tau}
     opt = (torch.optim.SGD if optimizer == "sgd" else torch.optim.Adam)(list(S.values()), lr=lr)
@@ -160,7 +162,7 @@ def localize_trained(
     def masked_forward(*args, **kwargs):
         params = dict(theta)
         for n in tau:
-            params[n] = (theta[n].float() + torch.sigmoid(S[n]) * tau[n]).to(theta[n].dtype)
+            params[n] = (theta[n].to(tau[n].dtype) + torch.sigmoid(S[n]) * tau[n]).to(theta[n].dtype)
         return functional_call(model, params, args, kwargs, tie_weights=False)
 
     def step(n_batches: int) -> None:
@@ -257,7 +259,7 @@ def _stitched_vector(tvs, masks) -> dict[str, torch.Tensor]:
     """``sum_i gamma'_i * tau_i`` with overlaps averaged; inputs already checked."""
     merged = {}
     for n in tvs[0]:
-        total = sum(torch.where(m[n], tv[n].float(), 0.0) for tv, m in zip(tvs, masks))
+        total = sum(torch.where(m[n], tv[n].to(compute_dtype(tv[n].dtype)), 0.0) for tv, m in zip(tvs, masks))
         coverage = sum(m[n].float() for m in masks)
         merged[n] = total / coverage.clamp(min=1)
     return merged

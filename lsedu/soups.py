@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ._checks import StateDict, check_nonempty_list, check_same_layout, check_state_dict, is_real
+from ._checks import StateDict, all_finite, check_nonempty_list, check_same_layout, check_state_dict, is_real
 
 
 def _check_models(models) -> list:
@@ -33,6 +33,9 @@ def _mean(models: Sequence[Mapping[str, torch.Tensor]]) -> StateDict:
             acc = torch.promote_types(first.dtype, torch.float32)
             total = sum(m[name].to(acc) for m in models)
             out[name] = (total / len(models)).to(first.dtype)
+            if first.is_floating_point() and not all_finite(out[name]):
+                # the sum overflowed (the mean of finite values cannot): add the shares x / n instead
+                out[name] = sum(m[name].double() / len(models) for m in models).to(first.dtype)
         else:  # integer buffers (step counters, position ids) cannot be averaged: keep the first model's
             out[name] = first.clone()
     return out
@@ -43,7 +46,9 @@ def uniform_soup(models: Sequence[Mapping[str, torch.Tensor]]) -> StateDict:
 
     ``models`` are state dicts of fine-tunes that share one architecture and
     pretrained start. Floating and complex tensors are averaged in their own
-    dtype (float16 and bfloat16 in float32, then cast back); integer buffers
+    dtype (float16 and bfloat16 in float32, then cast back); where the sum
+    of a tensor would overflow its dtype, the shares ``theta_i / n`` are
+    added instead, so the mean of finite models is finite. Integer buffers
     are taken from ``models[0]``. Returns a new state dict.
 
     Explained in notebook 02 (02_model_soups.ipynb).

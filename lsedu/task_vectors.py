@@ -18,6 +18,8 @@ import torch
 from ._checks import (
     StateDict,
     check_finite,
+    check_no_overflow,
+    compute_dtype,
     check_floating,
     check_same_layout,
     check_scalar,
@@ -67,18 +69,39 @@ def select(
 
 
 def apply_vector(base: Mapping[str, torch.Tensor], vector: Mapping[str, torch.Tensor], lam: float) -> StateDict:
-    """``base + lam * vector``, in float32 and cast back to each tensor's dtype.
+    """``base + lam * vector``, computed in the base's dtype (float16 and bfloat16 in float32) and cast back.
 
     Tensors of ``base`` outside ``vector`` are copied, so the result loads into
     the same model. Every merge ends with this step; it assumes checked inputs.
+    A result too large for its dtype (a huge ``lam``, say) is an error that
+    names the tensor, never a model of inf and NaN.
 
     Not called in a notebook: every merge and ``TaskVector.apply_to`` end with it; ``apply_to`` is explained
     in notebook 01 (01_weights_as_vectors.ipynb).
     """
     out = {}
     for n, t in base.items():
-        out[n] = (t.float() + lam * vector[n].float()).to(t.dtype) if n in vector else t.clone()
+        if n not in vector:
+            out[n] = t.clone()
+            continue
+        acc = compute_dtype(t.dtype)
+        if abs(lam) > torch.finfo(acc).max:  # lam itself becomes inf in the dtype computed in
+            raise ValueError(f"tensor {n!r}: lam={lam:g} overflows {str(acc).removeprefix('torch.')}, the dtype the "
+                             "tensor is computed in; use a smaller lam")
+        merged = (t.to(acc) + lam * vector[n].to(acc)).to(t.dtype)
+        out[n] = check_no_overflow(n, merged, f"the merged values (lam={lam:g}) overflow",
+                                   _remedy(t.dtype, "use a smaller lam"))
     return out
+
+
+def _remedy(dtype: torch.dtype, first: str | None = None) -> str:
+    wider = {torch.float16: "float32", torch.bfloat16: "float32", torch.float32: "float64"}.get(dtype)
+    convert = f"convert the models to {wider} first" if wider else "no wider dtype holds these values"
+    return convert if first is None else f"{first}, or {convert}" if wider else first
+
+
+def _no_overflow(name: str, t: torch.Tensor, what: str) -> torch.Tensor:
+    return check_no_overflow(name, t, f"{what} overflows", _remedy(t.dtype, "scale them down"))
 
 
 class TaskVector(Mapping):
@@ -113,7 +136,9 @@ class TaskVector(Mapping):
 
         Integer and bool buffers (``position_ids``, ``num_batches_tracked``)
         are always left out: they are not weights. Use ``include``/``exclude``
-        (see :func:`select`) to leave out heads or embeddings.
+        (see :func:`select`) to leave out heads or embeddings. The difference
+        is taken in the models' dtype; one too large for it (two float16
+        models near the float16 limit) is an error that names the tensor.
         """
         check_state_dict(pretrained, "pretrained")
         check_state_dict(finetuned, "finetuned")
@@ -122,7 +147,8 @@ class TaskVector(Mapping):
         names = select(floating, include, exclude)
         if not names:
             raise ValueError("the selection (include/exclude) leaves no floating-point tensor in the task vector")
-        return cls({n: finetuned[n] - pretrained[n] for n in names})
+        return cls({n: check_no_overflow(n, finetuned[n] - pretrained[n], "the task vector (finetuned - pretrained) "
+                                         "overflows", _remedy(pretrained[n].dtype)) for n in names})
 
     # --- Mapping ---------------------------------------------------------
     def __getitem__(self, name: str) -> torch.Tensor:
@@ -148,12 +174,14 @@ class TaskVector(Mapping):
     def __add__(self, other) -> "TaskVector":
         if isinstance(other, (int, float)) and other == 0:  # lets sum() start from 0
             return self
-        return TaskVector({n: a + b for n, a, b in self._zip(other, "add")})
+        return TaskVector({n: _no_overflow(n, a + b, "the sum of the task vectors")
+                           for n, a, b in self._zip(other, "add")})
 
     __radd__ = __add__
 
     def __sub__(self, other) -> "TaskVector":
-        return TaskVector({n: a - b for n, a, b in self._zip(other, "subtract")})
+        return TaskVector({n: _no_overflow(n, a - b, "the difference of the task vectors")
+                           for n, a, b in self._zip(other, "subtract")})
 
     def __neg__(self) -> "TaskVector":
         return TaskVector({n: -t for n, t in self.items()})
@@ -162,7 +190,7 @@ class TaskVector(Mapping):
         if isinstance(scalar, Mapping):
             raise TypeError("TaskVector * TaskVector is not defined; multiply by a number")
         s = check_scalar(scalar, "scalar")
-        return TaskVector({n: t * s for n, t in self.items()})
+        return TaskVector({n: _no_overflow(n, t * s, f"the task vector times {s:g}") for n, t in self.items()})
 
     __rmul__ = __mul__
 

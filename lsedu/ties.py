@@ -20,6 +20,7 @@ from ._checks import (
     check_task_vector,
     check_task_vectors,
     check_tensor_dict,
+    compute_dtype,
 )
 from .task_vectors import TaskVector, apply_vector
 from .topk import global_topk_mask, per_tensor_topk_mask
@@ -33,9 +34,11 @@ def trim(task_vector: Mapping[str, torch.Tensor], density: float, scope: TrimSco
     ``scope="global"`` ranks ``|tau|`` over the whole vector at once, as the
     TIES paper does (k = density * all entries). ``scope="per_tensor"`` ranks
     within each tensor, as mergekit and peft do for large language models;
-    that is a different method and keeps a different set of entries. Exactly
-    ``round(density * n)`` entries (at least one) survive; ties at the
-    threshold are broken by tensor order, then position.
+    that is a different method and keeps a different set of entries. Of ``n``
+    entries (the vector's, or a tensor's), exactly ``floor(density * n + 1/2)``
+    survive, rounding half up, at least one (:func:`lsedu.topk.count_for_density`);
+    ties at the threshold are broken by tensor order, then position. An empty
+    tensor stays empty; if every tensor is empty, nothing is kept.
 
     Explained in notebook 04 (04_interference_ties_dare.ipynb).
     """
@@ -76,6 +79,7 @@ def disjoint_mean(trimmed: Sequence[Mapping[str, torch.Tensor]], signs: Mapping[
 
     Only non-zero entries that agree with the elected sign are averaged, so
     trimmed zeros do not dilute the mean; an entry where none agree is 0.
+    The mean is taken in the vectors' dtype (float16 and bfloat16 in float32).
 
     Explained in notebook 04 (04_interference_ties_dare.ipynb).
     """
@@ -87,11 +91,11 @@ def disjoint_mean(trimmed: Sequence[Mapping[str, torch.Tensor]], signs: Mapping[
 def _disjoint_mean(tvs, signs) -> dict[str, torch.Tensor]:
     out = {}
     for n in tvs[0]:
-        gamma = signs[n]
-        total = torch.zeros(gamma.shape, dtype=torch.float32)
-        count = torch.zeros(gamma.shape, dtype=torch.float32)
+        gamma, acc = signs[n], compute_dtype(tvs[0][n].dtype)
+        total = torch.zeros(gamma.shape, dtype=acc)
+        count = torch.zeros(gamma.shape, dtype=acc)
         for tv in tvs:
-            t = tv[n].float()
+            t = tv[n].to(acc)
             agree = (torch.sign(t) == gamma) & (t != 0)
             total += torch.where(agree, t, 0.0)
             count += agree

@@ -4,22 +4,29 @@ The obvious way to find the k largest ``|tau|`` over a whole model is
 ``torch.cat([t.flatten() for t in tau.values()]).kthvalue(...)``: it copies the
 whole model once more. For a 1.5B-parameter model that is 6 GB of extra RAM.
 Here the k-th largest value is found exactly by a *radix select* over the bit
-patterns of the float32 keys: two passes over the tensors, each building a
-65,536-bin histogram of 16 bits. Only one tensor's temporaries are alive at a
+patterns of integer keys that order the floats exactly: int32 keys for
+float32, float16 and bfloat16 (two passes over the tensors, each building a
+65,536-bin histogram of 16 bits), int64 keys when any tensor is float64 (four
+such passes), so float64 values are never ranked by a rounded copy. Only one
+tensor's temporaries are alive at a
 time, so the extra memory is O(largest tensor), and ``tensors`` may be any
 mapping that loads its values lazily (the streaming merge reads checkpoints
 this way).
 
 Ties at the threshold are broken by tensor order, then by position, so that
 exactly ``k`` entries are selected: :class:`TieBudget` is that rule, the one
-place it is written.
+place it is written. How many entries a density keeps is
+:func:`count_for_density`'s rule, also written once: ``k = floor(d * n + 1/2)``
+(half up), at least 1 when there is any entry.
 """
 
 from __future__ import annotations
 
+import math
 import numbers
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from fractions import Fraction
 
 import torch
 
@@ -28,19 +35,29 @@ from ._checks import Mask, all_finite, check_fraction
 _BINS = 1 << 16
 
 
-def _keys(t: torch.Tensor, by_abs: bool) -> torch.Tensor:
-    """int32 keys whose integer order is the float order of ``|t|`` (or ``t``).
+def _wide(t: torch.Tensor) -> bool:
+    """Whether ``t`` needs int64 keys: float64 has more bits than an int32 key can order."""
+    return t.dtype == torch.float64
+
+
+def _keys(t: torch.Tensor, by_abs: bool, wide: bool = False) -> torch.Tensor:
+    """Integer keys whose order is the float order of ``|t|`` (or ``t``): int32, or int64 if ``wide``.
 
     Non-negative IEEE floats compare like their bit patterns read as integers.
-    For signed values, flipping the 31 low bits of negatives makes the map
-    monotone over the whole line. Half and bfloat16 upcast to float32 exactly;
-    float64 is rounded to float32, so values equal in float32 count as ties.
+    For signed values, flipping the low bits (all but the sign) of negatives
+    makes the map monotone over the whole line. Half and bfloat16 upcast to
+    float32 exactly, and every float to float64 exactly, so keys of different
+    dtypes compare correctly. float64 needs ``wide`` keys: it is never rounded.
     """
-    x = t.detach().reshape(-1).float()
+    x = t.detach().reshape(-1)
+    x = x.double() if wide else x.float()
+    if not wide and t.dtype == torch.float64:
+        raise TypeError("float64 values need wide (int64) keys")
+    itype, low = (torch.int64, 0x7FFFFFFFFFFFFFFF) if wide else (torch.int32, 0x7FFFFFFF)
     if by_abs:
-        return x.abs().view(torch.int32)
-    bits = x.view(torch.int32)
-    return bits ^ ((bits >> 31) & 0x7FFFFFFF)
+        return x.abs().view(itype)
+    bits = x.view(itype)
+    return bits ^ ((bits >> (63 if wide else 31)) & low)
 
 
 def _bucket_from_top(hist: torch.Tensor, k: int) -> tuple[int, int]:
@@ -55,10 +72,11 @@ def _bucket_from_top(hist: torch.Tensor, k: int) -> tuple[int, int]:
 class KthLargest:
     """The k-th largest key over all tensors.
 
-    ``value`` is that entry's float value, ``key`` its int32 key,
-    ``n_greater`` how many entries are strictly larger and ``n_equal`` how
-    many share the key. Taking all larger entries and the first
-    ``k - n_greater`` equal ones selects exactly k.
+    ``value`` is that entry's float value, ``key`` its integer key (int64
+    if ``wide``, when float64 is ranked; else int32), ``n_greater`` how many
+    entries are strictly larger and ``n_equal`` how many share the key.
+    Taking all larger entries and the first ``k - n_greater`` equal ones
+    selects exactly k. ``k = 0`` (nothing to rank) selects nothing.
 
     Not called in a notebook: ``kth_largest`` returns it, for the top-k masks of ``lsedu.trim`` and of ``lsedu merge``;
     see notebook 04 (04_interference_ties_dare.ipynb).
@@ -69,6 +87,7 @@ class KthLargest:
     n_greater: int
     n_equal: int
     k: int
+    wide: bool = False
 
 
 def _check_entry(name, t, arg: str) -> None:
@@ -89,30 +108,37 @@ def _items(tensors, arg: str):
 
 
 class RadixSelect:
-    """The k-th largest key, fed one tensor at a time: the two passes of a radix select.
+    """The k-th largest key, fed one tensor at a time: the passes of a radix select, 16 bits a pass.
 
     >>> sel = RadixSelect()                  # doctest: +SKIP
     >>> for t in tensors: sel.count(t)       # pass 1: histogram of the high 16 bits
     >>> sel.choose_bucket(k)
-    >>> for t in tensors: sel.refine(t)      # pass 2: the low 16 bits inside that bucket
+    >>> while sel.passes_left:               # one more pass (int32 keys), three more (``wide``: int64)
+    ...     for t in tensors: sel.refine(t)  # the next 16 bits, inside the bucket chosen so far
+    ...     sel.choose_bucket()
     >>> kth = sel.result()
 
     Feeding tensors yourself lets one pass over a checkpoint serve several
     task vectors at once (the streaming merge keeps one selector per model).
+    ``wide`` (int64 keys, four passes) ranks float64 exactly.
 
     Not called in a notebook: ``lsedu merge`` uses it when a bracket misses; see the appendix
     (appendix_streaming_merge.ipynb).
     """
 
-    def __init__(self, by_abs: bool = True):
-        self.by_abs = by_abs
-        self.offset = 0 if by_abs else _BINS // 2  # signed high halves lie in [-32768, 32767]
+    def __init__(self, by_abs: bool = True, wide: bool = False):
+        self.by_abs, self.wide = by_abs, wide
+        self.bits = 64 if wide else 32
+        self.offset = 0 if by_abs else _BINS // 2  # signed high digits lie in [-32768, 32767]
         self.hist = torch.zeros(_BINS, dtype=torch.int64)
         self.n = 0
         self.k: int | None = None
+        self.level = 0  # digits (of 16 bits, from the top) fixed so far
+        self.prefix = 0  # the key's value above the digits still open (signed)
+        self.n_above = 0  # entries above the chosen prefix
 
     def count(self, t: torch.Tensor) -> None:
-        self.hist += self._high_counts(_keys(t, self.by_abs))
+        self.hist += self._high_counts(_keys(t, self.by_abs, self.wide))
         self.n += t.numel()
 
     def count_keys(self, keys: torch.Tensor) -> None:
@@ -120,26 +146,42 @@ class RadixSelect:
         self.hist += self._high_counts(keys)
 
     def _high_counts(self, keys: torch.Tensor) -> torch.Tensor:
-        high = keys >> 16
+        high = keys >> (self.bits - 16)
         if self.offset:
             high += self.offset
         return torch.bincount(high, minlength=_BINS)
 
-    def choose_bucket(self, k: int) -> None:
-        self.k = k
-        self.hi, self.n_above_hi = _bucket_from_top(self.hist, k)
+    @property
+    def passes_left(self) -> int:
+        """Refining passes still to make (each followed by :meth:`choose_bucket`) before :meth:`result`."""
+        return self.bits // 16 - self.level
+
+    def choose_bucket(self, k: int | None = None) -> None:
+        """Fix the next 16 bits from the histogram just taken (``k`` with the first, counting, histogram)."""
+        if self.level == 0:
+            self.k = k
+        b, n_above = _bucket_from_top(self.hist, self.k - self.n_above)
+        self.prefix = (b - self.offset) if self.level == 0 else (self.prefix << 16) | b
+        self.n_above += n_above
+        self.level += 1
+        self.last_hist = self.hist
         self.hist = torch.zeros(_BINS, dtype=torch.int64)
 
     def refine(self, t: torch.Tensor) -> None:
-        keys = _keys(t, self.by_abs)
-        low = keys[(keys >> 16) == self.hi - self.offset] & 0xFFFF
+        shift = self.bits - 16 * (self.level + 1)
+        keys = _keys(t, self.by_abs, self.wide)
+        inside = keys[(keys >> (shift + 16)) == self.prefix]
         del keys  # keep one tensor's temporaries alive at a time
-        self.hist += torch.bincount(low, minlength=_BINS)
+        self.hist += torch.bincount((inside >> shift) & 0xFFFF, minlength=_BINS)
 
     def result(self) -> KthLargest:
-        lo, n_above_lo = _bucket_from_top(self.hist, self.k - self.n_above_hi)
-        key = ((self.hi - self.offset) << 16) | lo
-        return KthLargest(_value(key, self.by_abs), key, self.n_above_hi + n_above_lo, int(self.hist[lo]), self.k)
+        """The k-th largest, once every digit is chosen (a last refining pass not yet chosen is chosen here)."""
+        if self.passes_left == 1:
+            self.choose_bucket()
+        if self.passes_left:
+            raise RuntimeError(f"{self.passes_left} refining pass(es) left before the result")
+        key, n_equal = self.prefix, int(self.last_hist[self.prefix & 0xFFFF])
+        return KthLargest(_value(key, self.by_abs, self.wide), key, self.n_above, n_equal, self.k, self.wide)
 
 
 class TieBudget:
@@ -184,7 +226,9 @@ class TopKMasker:
         self.ties = TieBudget(kth)
 
     def __call__(self, t: torch.Tensor) -> torch.Tensor:
-        keys = _keys(t, self.by_abs)
+        if self.kth.k == 0:  # nothing was ranked: nothing is kept
+            return torch.zeros(t.shape, dtype=torch.bool)
+        keys = _keys(t, self.by_abs, self.kth.wide)
         m = keys > self.kth.key
         if self.ties.left > 0:
             eq = keys == self.kth.key
@@ -201,32 +245,42 @@ class TopKMasker:
 _SMALL = 1 << 15
 
 
-def _from_sorted(keys: torch.Tensor, k: int, by_abs: bool) -> KthLargest:
+def _from_sorted(keys: torch.Tensor, k: int, by_abs: bool, wide: bool) -> KthLargest:
     """The k-th largest of a small set of ``keys``, by sorting them."""
     key = int(torch.sort(keys, descending=True).values[k - 1])
-    return KthLargest(_value(key, by_abs), key, int((keys > key).sum()), int((keys == key).sum()), k)
+    return KthLargest(_value(key, by_abs, wide), key, int((keys > key).sum()), int((keys == key).sum()), k, wide)
 
 
-def _value(key: int, by_abs: bool) -> float:
+def _value(key: int, by_abs: bool, wide: bool = False) -> float:
     """The float whose key is ``key`` (undoing the monotone map of signed keys)."""
-    key_t = torch.tensor([key], dtype=torch.int32)
+    itype, ftype, low, sign = ((torch.int64, torch.float64, 0x7FFFFFFFFFFFFFFF, 63) if wide
+                               else (torch.int32, torch.float32, 0x7FFFFFFF, 31))
+    key_t = torch.tensor([key], dtype=itype)
     if not by_abs:
-        key_t = key_t ^ ((key_t >> 31) & 0x7FFFFFFF)
-    return float(key_t.view(torch.float32))
+        key_t = key_t ^ ((key_t >> sign) & low)
+    return float(key_t.view(ftype))
 
 
-def _radix_select(tensors, k_of_n: Callable[[int], int], by_abs: bool, arg: str) -> KthLargest:
-    """Two passes: the first also checks every tensor and counts the entries, then ``k = k_of_n(n)``.
+#: The k-th largest of no entries: what a top-k of nothing (k = 0) keeps, none of them.
+NOTHING = KthLargest(math.inf, 0x7FFFFFFF, 0, 0, 0)
 
-    While the entries seen add up to at most ``_SMALL``, their keys are kept
-    and, if that stays so, sorted instead (same result, ties included).
+
+def _first_pass(tensors, by_abs: bool, arg: str, wide: bool):
+    """Pass 1: check every tensor, count the entries and histogram (or keep, while few) their keys.
+
+    Returns None as soon as a float64 tensor shows up while ``wide`` is off:
+    the pass is then made again with int64 keys.
     """
-    sel = RadixSelect(by_abs)
+    sel = RadixSelect(by_abs, wide)
     small: list[torch.Tensor] | None = []
+    seen = False
     for name, t in _items(tensors, arg):
         _check_entry(name, t, arg)
+        seen = True
+        if not wide and _wide(t):
+            return None
         if small is not None and sel.n + t.numel() <= _SMALL:
-            small.append(_keys(t, by_abs))
+            small.append(_keys(t, by_abs, wide))
             sel.n += t.numel()
             continue
         if small is not None:  # too big to sort after all: histogram what was kept
@@ -234,21 +288,42 @@ def _radix_select(tensors, k_of_n: Callable[[int], int], by_abs: bool, arg: str)
                 sel.count_keys(keys)
             small = None
         sel.count(t)
-    if sel.n == 0:
-        raise ValueError(f"{arg} is empty: it holds no entries to rank")
+    if not seen:
+        raise ValueError(f"{arg} is empty: it holds no tensors to rank")
+    return sel, small
+
+
+def _radix_select(tensors, k_of_n: Callable[[int], int], by_abs: bool, arg: str) -> KthLargest:
+    """Pass 1 also checks every tensor and counts the entries, then ``k = k_of_n(n)``; then the refining passes.
+
+    While the entries seen add up to at most ``_SMALL``, their keys are kept
+    and, if that stays so, sorted instead (same result, ties included). The
+    keys are int32, or int64 (four passes in all) if any tensor is float64:
+    a first pass that meets a float64 tensor starts again with int64 keys.
+    ``k_of_n(n)`` may be 0 (only empty tensors): then :data:`NOTHING` is returned. No tensor at all is an error.
+    """
+    first = _first_pass(tensors, by_abs, arg, wide=False)
+    if first is None:
+        first = _first_pass(tensors, by_abs, arg, wide=True)
+    sel, small = first
     k = k_of_n(sel.n)
+    if k == 0:
+        return NOTHING
     if small is not None:
-        return _from_sorted(torch.cat(small), k, by_abs)
+        return _from_sorted(torch.cat(small), k, by_abs, sel.wide)
     sel.choose_bucket(k)
-    for _, t in _items(tensors, arg):
-        sel.refine(t)
+    while sel.passes_left:
+        for _, t in _items(tensors, arg):
+            sel.refine(t)
+        sel.choose_bucket()
     return sel.result()
 
 
 def kth_largest(tensors: Mapping[str, torch.Tensor], k: int, *, by_abs: bool = True) -> KthLargest:
     """Exact k-th largest of ``|t|`` (or ``t``) over every entry of every tensor.
 
-    Two passes over ``tensors.items()``; the extra memory is that of one
+    Two passes over ``tensors.items()`` (four if any tensor is float64,
+    which is ranked exactly, by int64 keys); the extra memory is that of one
     tensor's keys plus two histograms.
 
     Not called in a notebook: the top-k masks of ``lsedu.trim`` and ``lsedu.localize_dataless``, and ``lsedu merge``,
@@ -258,6 +333,8 @@ def kth_largest(tensors: Mapping[str, torch.Tensor], k: int, *, by_abs: bool = T
         raise TypeError(f"k must be an int, got {type(k).__name__}")
 
     def check_k(n: int) -> int:
+        if n == 0:
+            raise ValueError("tensors holds no entries to rank: it has no tensor, or only empty ones")
         if not 1 <= k <= n:
             raise ValueError(f"k must lie in [1, {n}] (the number of entries), got {k}")
         return int(k)
@@ -281,12 +358,21 @@ def topk_mask(tensors: Mapping[str, torch.Tensor], k: int, *, by_abs: bool = Tru
 
 
 def count_for_density(numel: int, density: float) -> int:
-    """``k = round(density * numel)``, at least 1: the number of entries a density keeps.
+    """``k = min(n, max(1, floor(d * n + 1/2)))``: the number of entries a density ``d`` keeps of ``n``.
+
+    The rule is round half up, applied to the exact product of ``n`` and the
+    float ``d`` as it is stored (``Fraction(d)``, no float error), and at
+    least one entry when there is any; none of none. At ``d = 0.5`` tensors
+    of 3, 5, 7 and 9 entries keep 2, 3, 4 and 5. ``d = 0.29`` of 100 keeps
+    29 (the float product, 28.999999999999996, is not what is rounded);
+    ``d = 0.3`` of 5 keeps 1, because the float 0.3 is a little below 3/10,
+    so its product with 5 is below 1.5. Every top-k of lsedu and of
+    ``lsedu merge`` counts with this function and no other.
 
     Not called in a notebook: ``lsedu.localize_trained`` and ``lsedu merge`` use it; see notebook 05
     (05_localize_and_stitch.ipynb).
     """
-    return max(1, min(numel, int(round(density * numel))))
+    return min(numel, max(1, math.floor(Fraction(density) * numel + Fraction(1, 2))))
 
 
 def global_topk_mask(tensors: Mapping[str, torch.Tensor], density: float, *, arg: str = "tensors") -> Mask:
@@ -294,7 +380,10 @@ def global_topk_mask(tensors: Mapping[str, torch.Tensor], density: float, *, arg
 
     This is the global top-k of TIES-Merging (Yadav et al. 2023) and of
     Localize-and-Stitch's dataless localization (He et al. 2025): three
-    passes over ``tensors``, exactly ``round(density * n)`` entries kept.
+    passes over ``tensors``, exactly ``k = floor(density * n + 1/2)`` entries
+    kept, at least one (:func:`count_for_density`). Tensors with no entries
+    get empty masks; if every tensor is empty, there is nothing to rank and
+    every mask is empty. A mapping with no tensor at all is an error.
 
     Not called in a notebook: ``lsedu.trim`` (TIES's global trim) and ``lsedu.localize_dataless`` use it; see notebook
     04 (04_interference_ties_dare.ipynb).
@@ -308,7 +397,9 @@ def per_tensor_topk_mask(tensors: Mapping[str, torch.Tensor], density: float, *,
     """Keep the top ``density`` fraction of ``|t|`` within *each* tensor.
 
     This is the trim that mergekit and peft apply to large language models.
-    A tensor with no entries gets an empty mask.
+    Each tensor of ``n`` entries keeps ``floor(density * n + 1/2)``, at least
+    one (:func:`count_for_density`). A tensor with no entries gets an empty
+    mask.
 
     Not called in a notebook: ``lsedu.trim`` (TIES's per-tensor trim) uses it; see notebook 04
     (04_interference_ties_dare.ipynb).

@@ -426,7 +426,7 @@ WRONG = [
     ("dare", dare_drop_smallest, ["different seeds gave the same drops"]),
     ("localize_dataless", localize_per_tensor, ["case 1 (one global top-k", "keeps 'b'[", "leaves out 'a'["]),
     ("localize_dataless", localize_by_value, ["case 1", "leaves out 'a'[1] (|tau| = 4)"]),
-    ("localize_dataless", localize_threshold_keeps_ties, ["case 3 (ties", "keeps 6 entries", "exactly round(0.3 * 10) = 3",
+    ("localize_dataless", localize_threshold_keeps_ties, ["case 3 (ties", "keeps 6 entries", "exactly floor(0.3 * 10 + 1/2) = 3 (half up)",
                                                           "earliest"]),
     ("localize_dataless", localize_float_mask, ["dtype torch.float32, expected torch.bool"]),
     ("stitch", stitch_sums, ["case 2 (two tasks, identical masks", "masks [0, 1] claim it"]),

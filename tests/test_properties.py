@@ -15,6 +15,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Mapping
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -121,8 +122,9 @@ def flat(sd: Mapping[str, torch.Tensor]) -> torch.Tensor:
 
 
 def k_for(density: float, n: int) -> int:
-    """The documented count: round(density * n), at least 1 (and at most n)."""
-    return max(1, min(n, int(round(density * n))))
+    """The documented count: density * n (exactly, as the float density is) rounded half up, at least 1, at most n."""
+    twice = 2 * Fraction(density) * n  # floor(x + 1/2) = floor((2x + 1) / 2)
+    return max(1, min(n, math.floor((twice + 1) / 2)))
 
 
 def sq_distance_score(target):

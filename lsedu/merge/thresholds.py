@@ -9,7 +9,10 @@ counts the entries above the bracket and keeps those inside it
 If the bracket misses, the histogram taken in that same pass starts a radix
 select (:class:`lsedu.topk.RadixSelect`) that one more pass finishes. The
 result is exact either way. :class:`Trim` then applies the thresholds one
-block at a time, with the tie rule of :class:`lsedu.topk.TieBudget`.
+block at a time, with the tie rule of :class:`lsedu.topk.TieBudget`. How
+many entries a density keeps is :func:`lsedu.topk.count_for_density`'s rule
+(half up, at least one), the in-memory functions' own; with no entries to
+rank (empty tensors only) a trim keeps nothing and the merge is the base.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..topk import KthLargest, RadixSelect, TieBudget, count_for_density, kth_largest
+from ..topk import NOTHING, KthLargest, RadixSelect, TieBudget, count_for_density, kth_largest
 from . import fused
 from .blocks import Block, Steps, block
 from .io import Reader, prefetch
@@ -116,6 +119,9 @@ def sample_units(units, base: Checkpoint) -> list[tuple[str, tuple[int, int] | N
 def thresholds(units, ckpts, steps: Steps, reader: Reader, progress: bool, what: str) -> Trim:
     """Exact top-k of |tau_i| over ``units`` (name, rows), for every model at once, streamed.
 
+    ``k = count_for_density(n, density)`` over the ``n`` entries of the units;
+    if they hold none (only empty tensors), the trim keeps nothing.
+
     Not called in a notebook: ``lsedu merge`` uses it for the exact global thresholds; see the appendix
     (appendix_streaming_merge.ipynb).
     """
@@ -124,6 +130,8 @@ def thresholds(units, ckpts, steps: Steps, reader: Reader, progress: bool, what:
     n = sum(math.prod(base.shape(name)) if rows is None else (rows[1] - rows[0]) * math.prod(base.shape(name)[1:])
             for name, rows in units)
     k = count_for_density(n, steps.density)
+    if k == 0:  # nothing to rank: the units are empty tensors, and nothing is kept
+        return Trim([NOTHING] * K)
     samples = [[] for _ in range(K)]
     for (name, rows), raw in tqdm(prefetch(sample_units(units, base), load), total=None, desc=f"{what}: sample",
                                   disable=not progress, leave=False):
@@ -171,12 +179,15 @@ def tensor_trim(blk: Block, density: float, row: int) -> Trim:
     """The exact top-``density`` of each task vector of one tensor held in memory (a per-tensor trim).
 
     ``row`` is the length of the tensor's rows (its entries past the first dimension).
+    ``k = count_for_density(n, density)``; an empty tensor keeps nothing (and is merged: it stays empty).
 
     Not called in a notebook: ``lsedu merge`` uses it for per-tensor trims; see the appendix
     (appendix_streaming_merge.ipynb).
     """
     n = blk.b.size
     k = count_for_density(n, density)
+    if k == 0:  # an empty tensor: nothing to rank, nothing kept
+        return Trim([NOTHING] * len(blk.srcs))
     if n <= SAMPLE_ENTRIES:
         brackets = [(0.0, math.inf, 1.0)] * len(blk.srcs)
     else:
