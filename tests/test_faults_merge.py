@@ -288,12 +288,6 @@ def test_excluding_everything_is_nothing_to_merge(tmp_path, capsys):
     fails(capsys, tmp_path, ["merge", str(r)], r"nothing to merge: include/exclude leave no floating-point tensor")
 
 
-def test_empty_tensors_give_a_trim_nothing_to_rank(tmp_path, capsys):
-    empty = {"w": torch.ones(0, 3), "b": torch.ones(0)}
-    r = make(tmp_path, base=empty, fts=(empty,), method="ties")
-    fails(capsys, tmp_path, ["merge", str(r)], r"nothing to rank: the 2 merged tensor\(s\) have no entries")
-
-
 def test_integer_only_checkpoints_are_nothing_to_merge(tmp_path, capsys):
     ints = {"ids": torch.arange(4)}
     r = make(tmp_path, base=ints, fts=(ints,), method="task_arithmetic")

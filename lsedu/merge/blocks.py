@@ -63,7 +63,7 @@ def _float64_error(name: str, file) -> ValueError:
 def check_computable(base: Checkpoint, names: Sequence[str]) -> None:
     """The merged tensors ``names`` of ``base`` have a dtype that ``lsedu merge`` computes exactly as the
     in-memory functions do: float32, float16 or bfloat16, not float64. Reads headers only; the error names the
-    tensor and the file. (The models' dtypes equal the base's, :func:`lsedu.merge.run.check_layouts`.)
+    tensor and the file. (The models' dtypes equal the base's, :func:`lsedu.merge.plan.check_layouts`.)
 
     Not called in a notebook: ``lsedu merge`` uses it before anything is written; see the appendix
     (appendix_streaming_merge.ipynb).
@@ -176,7 +176,7 @@ def _finish(blk: Block, merged: torch.Tensor, what: str, lam: float | None = Non
     values (``what``), with the base's file."""
     out = merged.to(blk.dtype)
     if all_finite(out):
-        return out if out.numel() else torch.empty(out.shape, dtype=out.dtype)  # numpy's empty arrays have stride 0
+        return out
     dtype, files = str(blk.dtype).removeprefix("torch."), _files(blk)
     _check_taus(blk, blk.taus())
     if lam is not None and abs(lam) > torch.finfo(torch.float32).max:

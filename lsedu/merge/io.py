@@ -531,7 +531,9 @@ class ShardedWriter:
             raise ValueError(f"unexpected tensor {name!r}: every tensor of the layout is written")
         shard, (want, shape, dtype) = self._queue[self._pos]
         size = math.prod(shape) * torch.empty(0, dtype=dtype).element_size()
-        data = tensor.detach().contiguous().reshape(-1).view(torch.uint8).numpy()
+        # (an empty tensor made from numpy can have stride 0, which view(uint8) refuses: it has no bytes anyway)
+        data = tensor.detach().contiguous().reshape(-1).view(torch.uint8).numpy() if tensor.numel() else \
+            np.empty(0, np.uint8)
         rows_ok = tuple(tensor.shape) == tuple(shape) or (len(shape) > 0 and tuple(tensor.shape[1:]) == tuple(shape[1:]))
         if name != want or tensor.dtype != dtype or not rows_ok or self._done + data.nbytes > size:
             raise ValueError(f"expected (rows of) tensor {want!r} {tuple(shape)} {dtype}, got {name!r} "

@@ -5,7 +5,8 @@ in this order, each failure a one-line error naming its culprit:
 
 1. the layouts: every model has the base's tensor names, shapes and dtypes,
    and the configs (``config.json`` next to the weights) declare the same
-   vocabulary size;
+   vocabulary size; no merged tensor is float64 (the tool computes in
+   float32; the Python API merges float64 exactly);
 2. the tensors merged: ``include``/``exclude`` select at least one
    floating-point tensor with entries, and loaded masks cover exactly those;
 3. the paths written (the output folder and ``masks.save``): none is an
@@ -34,7 +35,7 @@ import numpy as np
 import psutil
 import torch
 
-from .blocks import CHUNK_ENTRIES, Block, chunks
+from .blocks import CHUNK_ENTRIES, Block, check_computable
 from .io import READ_SLACK, Checkpoint, load_masks
 from .recipe import MergeRecipe, select_tensors
 
@@ -220,12 +221,10 @@ def plan(recipe: MergeRecipe, output=None, *, overwrite: bool = False, estimate:
     check_layouts(base, models)
     floating = [n for n in base if base.dtype(n).is_floating_point]
     names = select_tensors(base, floating, recipe.include, recipe.exclude)
+    check_computable(base, names)
     if not names:
         raise ValueError("nothing to merge: include/exclude leave no floating-point tensor "
                          f"({len(floating)} of {len(base)} are floating-point); every tensor would be the base's")
-    if recipe.steps.trim is not None and not any(math.prod(base.shape(n)) for n in names):
-        raise ValueError(f"nothing to rank: the {len(names)} merged tensor(s) have no entries, so "
-                         f"{recipe.merge_method}'s top-k has nothing to keep")
     loaded = _check_loaded_masks(recipe, base, names)
     outputs = {"output": out.resolve()}
     if recipe.save_masks is not None:

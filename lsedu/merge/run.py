@@ -153,7 +153,8 @@ def merge_checkpoints(
     The result equals the method's readable function (``lsedu.ties_merge``
     etc., see :mod:`lsedu.methods`) on the loaded state dicts, bit for bit,
     except that task vectors are always formed in float32 (in memory they
-    keep the checkpoint's dtype). Task arithmetic, TIES and dataless
+    keep the checkpoint's dtype), so float64 tensors are refused: merge those
+    with the Python API, which computes in float64. Task arithmetic, TIES and dataless
     stitching run in their fast paths (:mod:`lsedu.merge.fused`), which the
     tests hold equal to those functions.
 
