@@ -361,18 +361,18 @@ def count_for_density(numel: int, density: float) -> int:
     """``k = min(n, max(1, floor(d * n + 1/2)))``: the number of entries a density ``d`` keeps of ``n``.
 
     The rule is round half up, applied to the exact product of ``n`` and the
-    float ``d`` as it is stored (``Fraction(d)``, no float error), and at
-    least one entry when there is any; none of none. At ``d = 0.5`` tensors
-    of 3, 5, 7 and 9 entries keep 2, 3, 4 and 5. ``d = 0.29`` of 100 keeps
-    29 (the float product, 28.999999999999996, is not what is rounded);
-    ``d = 0.3`` of 5 keeps 1, because the float 0.3 is a little below 3/10,
-    so its product with 5 is below 1.5. Every top-k of lsedu and of
-    ``lsedu merge`` counts with this function and no other.
+    decimal that ``d`` prints as (``Fraction(str(d))``: 0.3 is 3/10, not the
+    float just below it), with no float error, and at least one entry when
+    there is any; none of none. At ``d = 0.5`` tensors of 3, 5, 7 and 9
+    entries keep 2, 3, 4 and 5; ``d = 0.3`` of 5 keeps 2 (1.5 rounds up);
+    ``d = 0.29`` of 100 keeps 29 (the float product, 28.999999999999996, is
+    not what is rounded). Every top-k of lsedu and of ``lsedu merge`` counts
+    with this function and no other.
 
     Not called in a notebook: ``lsedu.localize_trained`` and ``lsedu merge`` use it; see notebook 05
     (05_localize_and_stitch.ipynb).
     """
-    return min(numel, max(1, math.floor(Fraction(density) * numel + Fraction(1, 2))))
+    return min(numel, max(1, math.floor(Fraction(str(float(density))) * numel + Fraction(1, 2))))
 
 
 def global_topk_mask(tensors: Mapping[str, torch.Tensor], density: float, *, arg: str = "tensors") -> Mask:

@@ -166,12 +166,13 @@ def test_half_a_tensor_rounds_half_up(n, k):
     assert int((lsedu.trim(t, 0.5, "per_tensor")["w"] != 0).sum()) == k
 
 
-@pytest.mark.parametrize(("n", "density", "k"), [(100, 0.29, 29), (5, 0.3, 1), (10, 0.25, 3), (10, 0.15, 1),
-                                                  (1000, 1e-9, 1), (7, 1.0, 7), (0, 0.5, 0), (3, 1 / 6, 1)])
+@pytest.mark.parametrize(("n", "density", "k"), [(100, 0.29, 29), (5, 0.3, 2), (10, 0.25, 3), (10, 0.15, 2),
+                                                  (1000, 1e-9, 1), (7, 1.0, 7), (0, 0.5, 0), (3, 1 / 6, 1),
+                                                  (100, 0.035, 4), (20, 0.125, 3)])
 def test_the_count_is_the_exact_product_rounded_half_up(n, density, k):
-    """The rule applies to the exact product of n and the float: 0.29 * 100 is 28.999999999999996 in float
-    arithmetic, but the float 0.29 times 100 is 28.999999999999998..., which rounds to 29; the float 0.3 is below
-    3/10, so 0.3 * 5 rounds to 1; 0.25 * 10 is exactly 2.5: 3."""
+    """The rule applies to the exact product of n and the density as written: 0.29 * 100 is 28.999999999999996 in
+    float arithmetic but 29 exactly; 0.3 * 5 is 1.5 and 0.15 * 10 is 1.5, which round up to 2 (the floats 0.3 and
+    0.15 lie just below 3/10 and 3/20: the decimal, not the float, is rounded); 0.25 * 10 is 2.5: 3."""
     assert topk.count_for_density(n, density) == k
 
 
@@ -179,7 +180,7 @@ def test_the_count_is_the_exact_product_rounded_half_up(n, density, k):
 @given(hst.integers(0, 10**7), hst.floats(1e-6, 1.0))
 def test_count_for_density_is_round_half_up_of_the_exact_product(n, density):
     k = topk.count_for_density(n, density)
-    exact = Fraction(density) * n
+    exact = Fraction(str(density)) * n  # the density as it prints: 0.3 is 3/10
     assert k == (0 if n == 0 else max(1, min(n, math.floor(exact + Fraction(1, 2)))))
     if n:
         assert 1 <= k <= n and (k == 1 or abs(Fraction(k) - exact) <= Fraction(1, 2))

@@ -122,8 +122,8 @@ def flat(sd: Mapping[str, torch.Tensor]) -> torch.Tensor:
 
 
 def k_for(density: float, n: int) -> int:
-    """The documented count: density * n (exactly, as the float density is) rounded half up, at least 1, at most n."""
-    twice = 2 * Fraction(density) * n  # floor(x + 1/2) = floor((2x + 1) / 2)
+    """The documented count: density * n (exactly, the density as it prints: 0.3 is 3/10) rounded half up, at least 1, at most n."""
+    twice = 2 * Fraction(str(density)) * n  # floor(x + 1/2) = floor((2x + 1) / 2)
     return max(1, min(n, math.floor((twice + 1) / 2)))
 
 
