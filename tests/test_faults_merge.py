@@ -277,6 +277,13 @@ def test_different_vocabularies_are_named(tmp_path, capsys):
           r"vocabulary sizes differ: 50257 in .*base/config\.json, 50258 in .*ft0/config\.json")
 
 
+def test_an_embedding_with_added_tokens_is_named_as_a_vocabulary_mismatch(tmp_path, capsys):
+    base = {"model.embed_tokens.weight": torch.ones(10, 4), "h.w": torch.ones(4)}
+    r = make(tmp_path, base=base, fts=({"model.embed_tokens.weight": torch.ones(12, 4), "h.w": torch.ones(4)},))
+    fails(capsys, tmp_path, ["merge", str(r)], r"shape mismatch at tensor 'model\.embed_tokens\.weight': .*the "
+                                               r"embeddings have 10 and 12 rows, so the vocabularies differ")
+
+
 def test_a_config_that_is_not_json_is_named(tmp_path, capsys):
     r = make(tmp_path)
     (tmp_path / "base" / "config.json").write_text("{vocab_size: 3")

@@ -69,10 +69,15 @@ def check_layouts(base: Checkpoint, models: Sequence[Checkpoint]) -> None:
         if extra:
             raise ValueError(f"tensor {extra[0]!r} is in {m.file_of(extra[0])} but not in the base {base.path}"
                              + (f" ({len(extra) - 1} more)" if len(extra) > 1 else ""))
+        embeddings = set(base.tied_weights().values())
         for n in base:
             if m.shape(n) != base.shape(n):
-                raise ValueError(f"shape mismatch at tensor {n!r}: {base.shape(n)} in {base.file_of(n)}, "
-                                 f"{m.shape(n)} in {m.file_of(n)}")
+                a, b = base.shape(n), m.shape(n)
+                rows = len(a) == 2 and len(b) == 2 and a[1] == b[1] and (n in embeddings or "embed" in n or "wte" in n)
+                hint = (f": the embeddings have {a[0]} and {b[0]} rows, so the vocabularies differ (a fine-tune that "
+                        "added tokens); merge only models that share one vocabulary") if rows else ""
+                raise ValueError(f"shape mismatch at tensor {n!r}: {a} in {base.file_of(n)}, {b} in {m.file_of(n)}"
+                                 + hint)
             if m.dtype(n) != base.dtype(n):
                 raise ValueError(f"dtype mismatch at tensor {n!r}: {base.dtype(n)} in {base.file_of(n)}, "
                                  f"{m.dtype(n)} in {m.file_of(n)}")
