@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-import types
 
 import lsedu
 
@@ -12,9 +11,13 @@ import lsedu
 def test_no_module_is_shadowed_by_a_function():
     names = [m.name for m in pkgutil.iter_modules(lsedu.__path__)]
     assert "arithmetic" in names and "drop_rescale" in names
-    for name in names:
-        module = importlib.import_module(f"lsedu.{name}")
-        assert isinstance(getattr(lsedu, name), types.ModuleType), f"lsedu.{name} is not the module {module}"
+    found = 0
+    for info in pkgutil.walk_packages(lsedu.__path__, "lsedu."):  # subpackages too: lsedu.merge.plan, ...
+        module = importlib.import_module(info.name)
+        parent, _, name = info.name.rpartition(".")
+        assert getattr(importlib.import_module(parent), name) is module, f"{info.name} is shadowed in {parent}"
+        found += 1
+    assert found > len(names)
 
 
 def test_the_functions_keep_their_chapter_names():

@@ -15,7 +15,9 @@ module              what
                     they come, reads ahead and writes behind in threads
 ``blocks``          a tensor cut into blocks of rows; each method's steps (drop, trim, combine)
 ``thresholds``      exact top-k thresholds, streamed: a sample, a bracket, one counting pass
-``run``             :func:`merge_checkpoints`: the checks, the passes, the output renamed into place
+``plan``            :func:`lsedu.merge.plan.plan` (``lsedu merge --plan``): every check from headers and paths, run before
+                    the first byte is written, and the estimates of memory, disk and time
+``run``             :func:`merge_checkpoints`: the plan, the passes, the output renamed into place
 ``fused``           the numba fast paths, each tested equal to its readable function
 ==================  ==========================================================================
 
@@ -25,7 +27,8 @@ module              what
 
 from .io import Checkpoint, load_masks, save_masks
 from .recipe import MergeRecipe, load_recipe
+from .plan import MergePlan
 from .run import MergeReport, merge, merge_checkpoints
 
-__all__ = ["Checkpoint", "MergeRecipe", "MergeReport", "load_masks", "load_recipe", "merge", "merge_checkpoints",
-           "save_masks"]
+__all__ = ["Checkpoint", "MergePlan", "MergeRecipe", "MergeReport", "load_masks", "load_recipe", "merge",
+           "merge_checkpoints", "save_masks"]
