@@ -376,3 +376,39 @@ def test_evaluation_that_first_fits_a_head_scores_the_body_it_was_given(toy, pri
     assert toy.evaluate(body, "a", batch_size=16) == first
     fresh = ToySetup(device="cpu", progress=False)  # the head now comes from the cache
     assert fresh.evaluate(body, "a", batch_size=16) == first
+
+
+class Interrupt(Exception):
+    pass
+
+
+@pytest.mark.parametrize("kind", ["finetune", "multitask"])
+def test_interrupted_training_resumes_to_the_same_weights(toy, private_cache, monkeypatch, kind):
+    """Ctrl-C in the middle of a fine-tune (or of the multi-task model) keeps its progress; the rerun resumes there
+    and ends with exactly the weights of a run never stopped, and leaves no progress file behind."""
+    run = (lambda: toy.finetune("a")) if kind == "finetune" else (lambda: toy.multitask())
+    whole = run()
+    for f in private_cache.rglob("*"):  # start again from an empty cache, keeping nothing but the heads
+        if f.is_file() and "head" not in json.loads(f.with_suffix(".json").read_text())["config"]["kind"]:
+            f.unlink()
+    monkeypatch.setattr(ToySetup, "CHECKPOINT_SECONDS", 0.0)  # save after every step
+    real_loss, calls, stop = ToySetup.loss, [], {"at": 40}
+
+    def loss(self, task, forward, batch):
+        calls.append(1)
+        if len(calls) == stop["at"]:
+            raise Interrupt
+        return real_loss(self, task, forward, batch)
+
+    monkeypatch.setattr(ToySetup, "loss", loss)
+    with pytest.raises(Interrupt):
+        run()
+    partial = list(private_cache.rglob("*.partial.pt"))
+    assert len(partial) == 1 and torch.load(partial[0], weights_only=True)["done"] == 39
+    calls.clear()
+    stop["at"] = None
+    resumed = run()
+    assert all(torch.equal(whole[n], resumed[n]) for n in whole)
+    steps = len(toy._steps(list(toy.tasks) if kind == "multitask" else ["a"], toy.finetune_config))
+    assert len(calls) == steps - 39  # only the steps not yet done ran again
+    assert not list(private_cache.rglob("*.partial.pt"))

@@ -28,6 +28,7 @@ import dataclasses
 import fnmatch
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,7 +39,7 @@ from tqdm.auto import tqdm
 
 from ..config import Check, Config, check_arg, checked, integer, number, optional
 from ..utils import get_device
-from .cache import StateDict, cached
+from .cache import StateDict, cached, partial_path, save_atomic
 
 # ----------------------------------------------------------------------------- data
 
@@ -436,7 +437,16 @@ class Setup(abc.ABC):
         """``{task: accuracy}`` of ``body`` on every task (or ``tasks``), as :meth:`evaluate` with ``limit``."""
         return {t: self.evaluate(body, t, split, batch_size, limit=limit) for t in (tasks or self.tasks)}
 
-    def _train(self, body: StateDict, steps: Sequence[tuple[str, Any]], cfg: FinetuneConfig, desc: str) -> StateDict:
+    #: Training saves its progress (:func:`~lsedu.zoo.cache.partial_path`) at most this often, in seconds: an
+    #: interruption loses at most this much work, and SmolLM2's weights and Adam state (1.4 GB) are written
+    #: seldom enough to cost about 1% of a fine-tune.
+    CHECKPOINT_SECONDS = 300.0
+
+    def _train(self, body: StateDict, steps: Sequence[tuple[str, Any]], cfg: FinetuneConfig, desc: str,
+               resume: Path | None = None) -> StateDict:
+        """Train ``body`` on ``steps``; with ``resume``, save progress there every CHECKPOINT_SECONDS and start from
+        what an interrupted run saved. A resumed run gives the same weights, bit for bit, as one never stopped:
+        the steps are fixed in advance, and weights, optimizer, scheduler and random state are all restored."""
         model = self.build_body().to(self.device)
         model.load_state_dict(body, strict=True)
         model.train()
@@ -448,15 +458,48 @@ class Setup(abc.ABC):
         opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         warm = max(1, round(cfg.warmup * len(steps)))
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min(1.0, (i + 1) / warm))
-        bar = tqdm(steps, desc=desc, disable=not self.progress, leave=False)
-        for task, batch in bar:
+        done = 0
+        if resume is not None and resume.exists():
+            state = torch.load(resume, weights_only=True)
+            if state.get("steps") == len(steps):  # else a stale file of another step plan: start afresh
+                model.load_state_dict(state["model"])
+                opt.load_state_dict(state["opt"])
+                sched.load_state_dict(state["sched"])
+                torch.set_rng_state(state["rng"])
+                if "cuda_rng" in state and torch.cuda.is_available():
+                    torch.cuda.set_rng_state_all(state["cuda_rng"])
+                done = int(state["done"])
+        bar = tqdm(steps, desc=desc, disable=not self.progress, leave=False, initial=done, total=len(steps))
+        saved = time.monotonic()
+        for i, (task, batch) in enumerate(steps[done:], start=done):
             loss = self.loss(task, model, batch)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
+            bar.update()
             bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+            if resume is not None and i + 1 < len(steps) and time.monotonic() - saved >= self.CHECKPOINT_SECONDS:
+                state = {"steps": len(steps), "done": i + 1, "model": model.state_dict(), "opt": opt.state_dict(),
+                         "sched": sched.state_dict(), "rng": torch.get_rng_state()}
+                if torch.cuda.is_available():
+                    state["cuda_rng"] = torch.cuda.get_rng_state_all()
+                save_atomic(state, resume)
+                saved = time.monotonic()
+        bar.close()
         return {n: t.detach().cpu().clone() for n, t in model.state_dict().items()}
+
+    def _resumable(self, key: dict, train: Callable[[Path], tuple[StateDict, dict]]) -> Callable[[], tuple]:
+        """A build for :func:`~lsedu.zoo.cache.cached` that trains with progress kept at ``partial_path``, and
+        removes that file once the entry is built."""
+        path = partial_path(self.name, key)
+
+        def build():
+            out = train(path)
+            path.unlink(missing_ok=True)
+            return out
+
+        return build
 
     def _steps(self, tasks: Sequence[str], cfg: FinetuneConfig) -> list[tuple[str, Any]]:
         """The seeded sequence of ``(task, batch)`` for ``cfg.epochs`` epochs, tasks interleaved in turn."""
@@ -480,12 +523,14 @@ class Setup(abc.ABC):
         self.task(task)  # an unknown task fails here, before any work
         cfg = cfg or self.finetune_config_for(task)
 
-        def build():
+        def train(resume):
             start = time.perf_counter()
-            body = self._train(self.pretrained(), self._steps([task], cfg), cfg, f"{self.name}: fine-tune {task}")
+            body = self._train(self.pretrained(), self._steps([task], cfg), cfg, f"{self.name}: fine-tune {task}",
+                               resume)
             return body, {"val_accuracy": self.evaluate(body, task, "val"), "train_seconds": time.perf_counter() - start}
 
-        return cached(self.name, self.cache_key("finetune", task=task, finetune=cfg.to_dict()), build, refresh)
+        key = self.cache_key("finetune", task=task, finetune=cfg.to_dict())
+        return cached(self.name, key, self._resumable(key, train), refresh)
 
     def soup_configs(self, n: int = 6, cfg: FinetuneConfig | None = None) -> list[FinetuneConfig]:
         """``n`` fine-tuning configs for one task's soup: a hyperparameter sweep, as in the model-soups paper.
@@ -513,11 +558,12 @@ class Setup(abc.ABC):
         for t in tasks:
             self.task(t)
 
-        def build():
-            body = self._train(self.pretrained(), self._steps(tasks, cfg), cfg, f"{self.name}: multi-task")
+        def train(resume):
+            body = self._train(self.pretrained(), self._steps(tasks, cfg), cfg, f"{self.name}: multi-task", resume)
             return body, {"val_accuracy": self.evaluate_all(body, tasks, "val")}
 
-        return cached(self.name, self.cache_key("multitask", tasks=tasks, finetune=cfg.to_dict()), build, refresh)[0]
+        key = self.cache_key("multitask", tasks=tasks, finetune=cfg.to_dict())
+        return cached(self.name, key, self._resumable(key, train), refresh)[0]
 
     def localization_loss(self, task: str) -> Callable[[Forward, Any], torch.Tensor]:
         """``loss_fn(forward, batch)`` for :func:`lsedu.localize_trained` on ``task``."""

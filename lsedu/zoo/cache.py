@@ -87,6 +87,30 @@ def entry_paths(kind: str, config: Mapping[str, Any]) -> tuple[Path, Path]:
     return folder / f"{key}.safetensors", folder / f"{key}.json"
 
 
+def partial_path(kind: str, config: Mapping[str, Any]) -> Path:
+    """Where an unfinished build of the entry for ``config`` keeps its progress: ``KIND/KEY.partial.pt``.
+
+    Training writes its state there from time to time (weights, optimizer,
+    scheduler, random state, steps done), so an interrupted fine-tune resumes
+    where it stopped; the file is removed once the entry is complete.
+
+    Not called in a notebook: the setups' training (``Setup.finetune``, ``Setup.multitask``) resumes from it; see the
+    book's page on the two tracks (book/tracks.md).
+    """
+    weights, _ = entry_paths(kind, config)
+    return weights.with_name(weights.name.removesuffix(".safetensors") + ".partial.pt")
+
+
+def save_atomic(obj: Any, path: Path) -> None:
+    """``torch.save(obj, path)`` under a temporary name, then renamed: ``path`` is whole or absent.
+
+    Not called in a notebook: the setups' resumable training writes its progress with it; see the book's page on the
+    two tracks (book/tracks.md).
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
 def load_cached(kind: str, config: Mapping[str, Any]) -> tuple[StateDict, dict] | None:
     """The cached ``(state_dict, record)`` for ``config``, or None if there is none.
 
