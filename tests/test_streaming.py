@@ -18,6 +18,7 @@ import yaml
 import lsedu
 import lsedu.merge.blocks
 import lsedu.merge.io
+import lsedu.merge.plan
 import lsedu.merge.run
 import lsedu.merge.thresholds
 from lsedu import methods
@@ -129,7 +130,7 @@ def test_chunked_tensors_merge_exactly_as_whole_ones(gpt2_dir, method, params, t
     result must not change (top-k ties and DARE draws included)."""
     whole = merge(recipe_file(gpt2_dir, method, params), tmp_path / "whole", progress=False)
     monkeypatch.setattr(lsedu.merge.blocks, "CHUNK_ENTRIES", 100)
-    monkeypatch.setattr(lsedu.merge.run, "PER_TENSOR_WHOLE_ENTRIES", 100)
+    monkeypatch.setattr(lsedu.merge.plan, "PER_TENSOR_WHOLE_ENTRIES", 100)
     assert len(lsedu.merge.blocks.chunks((100, 32))) == 34  # 3 rows of 32 a chunk
     masks = {"save": str(tmp_path / "masks")} if method == "localize_stitch" else None
     extra = {"masks": masks} if masks else {}
@@ -171,7 +172,7 @@ def test_ties_at_the_threshold_keep_exactly_k(tied_dir, method, params, chunk, t
     per-tensor trim of a tensor too big to rank whole (a sample brackets its threshold) too."""
     if chunk:
         monkeypatch.setattr(lsedu.merge.blocks, "CHUNK_ENTRIES", chunk)
-        monkeypatch.setattr(lsedu.merge.run, "PER_TENSOR_WHOLE_ENTRIES", 4000)  # emb is cut, w is ranked whole
+        monkeypatch.setattr(lsedu.merge.plan, "PER_TENSOR_WHOLE_ENTRIES", 4000)  # emb is cut, w is ranked whole
     monkeypatch.setattr(lsedu.merge.thresholds, "SAMPLE_ENTRIES", 256)  # w (1,600 entries) is ranked from a sample
     recipe = {"merge_method": method, "base_model": "base.safetensors", "parameters": params, "output": "out",
               "models": [f"ft{i}.safetensors" for i in range(3)]}

@@ -35,7 +35,7 @@ import numpy as np
 import psutil
 import torch
 
-from .blocks import CHUNK_ENTRIES, Block, check_computable
+from .blocks import Block, check_computable, chunks
 from .io import READ_SLACK, Checkpoint, load_masks
 from .recipe import MergeRecipe, select_tensors
 
@@ -44,6 +44,22 @@ from .recipe import MergeRecipe, select_tensors
 #: (16M: every tensor of GPT2-XL but its 80M-entry embedding) a per-tensor trim takes the tensor
 #: whole: its memory is then a few copies of the largest such tensor per input (64 MB each in float32).
 PER_TENSOR_WHOLE_ENTRIES = 1 << 24
+
+
+def units_of(shape: tuple[int, ...], per_tensor: bool) -> list[tuple[int, int] | None]:
+    """The pieces one tensor is merged in: ``[None]`` (whole) for a per-tensor trim of a tensor of up to
+    PER_TENSOR_WHOLE_ENTRIES entries, else :func:`lsedu.merge.blocks.chunks` (blocks of rows).
+
+    Not called in a notebook: ``lsedu merge`` cuts its tensors with it, and its plan sizes memory by it; see the
+    appendix (appendix_streaming_merge.ipynb).
+    """
+    return [None] if per_tensor and math.prod(shape) <= PER_TENSOR_WHOLE_ENTRIES else chunks(shape)
+
+
+def _entries(shape: tuple[int, ...], rows: tuple[int, int] | None) -> int:
+    return math.prod(shape) if rows is None else (rows[1] - rows[0]) * math.prod(shape[1:])
+
+
 #: The read-speed sample of ``plan(estimate=True)``: this many bytes of the largest input tensor.
 SAMPLE_BYTES = 16 << 20
 
@@ -245,12 +261,12 @@ def plan(recipe: MergeRecipe, output=None, *, overwrite: bool = False, estimate:
     per_tensor = recipe.steps.trim == "per_tensor"
     one_pass = base.nbytes() + sum(m.nbytes_of(n) for m in models for n in names)
     read = one_pass + (sum(m.nbytes_of(n) for m in (base, *models) for n in names) if recipe.global_threshold else 0)
-    units = [math.prod(base.shape(n)) if per_tensor and math.prod(base.shape(n)) <= PER_TENSOR_WHOLE_ENTRIES
-             else min(math.prod(base.shape(n)), CHUNK_ENTRIES) for n in base]
-    p = MergePlan(recipe, base, models, names, outputs, max(units), read, write, free, loaded)
+    merged = set(names)
+    unit = max(_entries(base.shape(n), r) for n in base for r in units_of(base.shape(n), per_tensor and n in merged))
+    p = MergePlan(recipe, base, models, names, outputs, unit, read, write, free, loaded)
     if per_tensor:  # tensors cut into blocks are counted around their own threshold first
         p.read_bytes += sum(m.nbytes_of(n) for m in (base, *models) for n in names
-                            if math.prod(base.shape(n)) > PER_TENSOR_WHOLE_ENTRIES)
+                            if len(units_of(base.shape(n), True)) > 1)
     if estimate:
         _estimate(p, merged_entries)
     return p

@@ -38,9 +38,9 @@ from pathlib import Path
 import psutil
 from tqdm.auto import tqdm
 
-from .blocks import block, chunks
+from .blocks import block
 from .io import Checkpoint, MaskWriter, Reader, ShardedWriter, WriteBehind, prefetch
-from .plan import PER_TENSOR_WHOLE_ENTRIES, MergePlan, plan
+from .plan import MergePlan, plan, units_of
 from .recipe import MergeRecipe, load_recipe
 from .thresholds import tensor_trim, thresholds
 
@@ -198,14 +198,12 @@ def _stream(recipe: MergeRecipe, base: Checkpoint, models: Sequence[Checkpoint],
     """Merge every tensor into ``outputs``, in the base's order; returns how many times each input byte was read."""
     steps, merged_names = recipe.steps, set(names)
     per_tensor = steps.trim == "per_tensor"
-    # A per-tensor trim takes a tensor of up to PER_TENSOR_WHOLE_ENTRIES whole; a bigger one is cut.
-    units = {n: [None] if per_tensor and math.prod(base.shape(n)) <= PER_TENSOR_WHOLE_ENTRIES else chunks(base.shape(n))
-             for n in names}
+    units = {n: units_of(base.shape(n), per_tensor) for n in names}
     reader, ckpts = Reader(), [base, *models]
     trim = None
     if recipe.global_threshold:
         trim = thresholds([(n, r) for n in names for r in units[n]], ckpts, steps, reader, progress, "global top-k")
-    work = [(n, r) for n in base for r in (units[n] if n in merged_names else chunks(base.shape(n)))]
+    work = [(n, r) for n in base for r in (units[n] if n in merged_names else units_of(base.shape(n), False))]
     one_pass = base.nbytes() + sum(m.nbytes_of(n) for m in models for n in names)  # the base's all, the models' merged
 
     def load(unit):

@@ -438,8 +438,8 @@ class Setup(abc.ABC):
         return {t: self.evaluate(body, t, split, batch_size, limit=limit) for t in (tasks or self.tasks)}
 
     #: Training saves its progress (:func:`~lsedu.zoo.cache.partial_path`) at most this often, in seconds: an
-    #: interruption loses at most this much work, and SmolLM2's weights and Adam state (1.4 GB) are written
-    #: seldom enough to cost about 1% of a fine-tune.
+    #: interruption loses at most this much work, and the weights with their Adam state (three copies of the
+    #: trained weights) are written seldom, not at every step.
     CHECKPOINT_SECONDS = 300.0
 
     def _train(self, body: StateDict, steps: Sequence[tuple[str, Any]], cfg: FinetuneConfig, desc: str,
