@@ -487,7 +487,8 @@ class Setup(abc.ABC):
                 save_atomic(state, resume)
                 saved = time.monotonic()
         bar.close()
-        return {n: t.detach().cpu().clone() for n, t in model.state_dict().items()}
+        # contiguous: a model may keep its weights in another layout (channels-last), which safetensors cannot store
+        return {n: t.detach().cpu().clone(memory_format=torch.contiguous_format) for n, t in model.state_dict().items()}
 
     def _resumable(self, key: dict, train: Callable[[Path], tuple[StateDict, dict]]) -> Callable[[], tuple]:
         """A build for :func:`~lsedu.zoo.cache.cached` that trains with progress kept at ``partial_path``, and

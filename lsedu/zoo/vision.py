@@ -254,6 +254,11 @@ def build_encoder() -> nn.Module:
 
     No dropout and no stochastic depth (they would only add noise to short,
     seeded fine-tunes); batch-norm statistics frozen (module docstring).
+    Its weights are stored channels-last (``torch.channels_last``), and
+    :meth:`VisionSetup.batches` gives images in that layout too: oneDNN's
+    convolutions, depthwise ones above all, are several times faster so on a
+    CPU (``benchmarks/bench_eval.py`` measures it). The features are the same
+    function of the weights, rounded differently (within about 1e-5).
 
     Not called in a notebook: the laptop vision setup of notebooks 01 to 05, 07 and 09 uses it; see notebook 01
     (01_weights_as_vectors.ipynb).
@@ -261,7 +266,7 @@ def build_encoder() -> nn.Module:
     import timm
 
     model = timm.create_model(TIMM_ARCH, pretrained=False, num_classes=0, drop_rate=0.0, drop_path_rate=0.0)
-    return freeze_batchnorm_stats(model)
+    return freeze_batchnorm_stats(model).to(memory_format=torch.channels_last)
 
 
 # ----------------------------------------------------------------------------- data
@@ -450,7 +455,7 @@ class VisionSetup(ClassificationSetup):
         order = torch.randperm(len(split), generator=generator) if shuffle else torch.arange(len(split))
         for i in range(0, len(split), batch_size):
             idx = order[i:i + batch_size]
-            x = to_encoder_input(split.inputs[idx], self.config)
+            x = to_encoder_input(split.inputs[idx], self.config).contiguous(memory_format=torch.channels_last)
             yield x.to(self.device), split.labels[idx].to(self.device)
 
     def features(self, forward, batch) -> torch.Tensor:
