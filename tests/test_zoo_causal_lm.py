@@ -17,6 +17,7 @@ import torch
 from lsedu.zoo import AssetMissing, FinetuneConfig
 from lsedu.zoo import assets as zoo_assets
 from lsedu.zoo import causal_lm as clm
+from lsedu.zoo import lm_scoring
 
 SENTENCES = [
     "Is this movie review positive or negative? Review: a warm and funny film.",
@@ -109,6 +110,46 @@ def test_answer_loss_counts_only_answer_tokens(tok):
     want = -(naive_logprob(model, tok, ITEMS[0]["prompt"], "negative")
              + naive_logprob(model, tok, ITEMS[2]["prompt"], " lazy dog food")) / (len(a[0]) + len(a[1]))
     assert abs(loss.item() - want) < 1e-4
+
+
+def tiny_gpt2(tok, seed: int = 0):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+    cfg = GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=2, n_head=4, n_positions=128,
+                     pad_token_id=tok.pad_token_id)
+    return clm.tie_aware(GPT2LMHeadModel(cfg).eval())
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+@pytest.mark.parametrize("prompts", ["shared prefix", "no shared prefix"])
+def test_answer_loss_shortcut_gives_the_direct_loss_and_gradients(tok, arch, prompts):
+    """The shortcut (shared prefix once, logits at the targets only) against every row run whole."""
+    model = (tiny_model if arch == "llama" else tiny_gpt2)(tok)
+    shared = "Is this movie review positive or negative? Review: "
+    if prompts == "shared prefix":
+        ctx = [shared + "a warm film.", shared + "a dull and lazy film.", shared + "fox."]
+    else:
+        ctx = ["True or false: a hammer is a kind of tool. ", "What is a gerbil? Answer", shared + "fox."]
+    enc = clm.encode_choices(tok, ctx, ["positive", " lazy dog food", "negative"])
+    first = enc["target_mask"].to(torch.int8).argmax(1)
+    P = lm_scoring.shared_prefix(enc["input_ids"], enc["attention_mask"], first)
+    assert (P > 5) if prompts == "shared prefix" else (P == 0)
+    grads = []
+    for shortcut in (False, True):
+        model.zero_grad()
+        params = dict(model.named_parameters())
+        # as trained localization calls it: functional_call of the model, the keywords passed through
+        forward = (lambda **kw: torch.func.functional_call(model, params, (), kw, tie_weights=False))
+        loss = clm.answer_loss(forward, enc, transformers_lm=shortcut)
+        loss.backward()
+        grads.append((loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}))
+    (direct, g0), (short, g1) = grads
+    torch.testing.assert_close(short, direct, rtol=1e-5, atol=1e-6)
+    for n in g0:
+        torch.testing.assert_close(g1[n], g0[n], rtol=1e-4, atol=1e-6, msg=n)
+    # the model itself (not a closure) takes the shortcut on its own
+    torch.testing.assert_close(clm.answer_loss(model, enc).detach(), direct, rtol=1e-5, atol=1e-6)
 
 
 def test_encode_pair_moves_trailing_space_like_lm_eval(tok):

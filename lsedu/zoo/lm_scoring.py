@@ -240,15 +240,59 @@ def _scored_by_positions(model, enc, ids, mask, inverse, out, max_tokens: int) -
     return out
 
 
-def answer_loss(forward: Forward, enc: Mapping[str, torch.Tensor]) -> torch.Tensor:
+def answer_loss(forward: Forward, enc: Mapping[str, torch.Tensor], *,
+                transformers_lm: bool | None = None) -> torch.Tensor:
     """Causal LM loss on the continuation tokens only: mean cross-entropy over them, prompt tokens masked out.
+
+    ``transformers_lm``: whether ``forward`` takes a transformers causal LM's
+    keywords (``past_key_values``, ``position_ids``, ``logits_to_keep``), as
+    the model itself does and so does ``functional_call`` of it (trained
+    localization's masked forward); None: only if ``forward`` is such a
+    model. Then the prefix shared by every row runs once and its keys and
+    values serve every row, and the output layer runs only at the columns
+    holding a target (:func:`_answer_loss_shortcut`): the same loss and
+    gradients to float32 rounding (tested), in about 0.7x the time of a
+    fine-tuning step of SmolLM2 (``benchmarks/bench_zoo.py``). Otherwise every
+    row runs whole and the logits come at every position.
 
     Not called in a notebook: the causal-LM setups of both tracks (notebook 08) use it; see notebook 08
     (08_case_causal_lm.ipynb).
     """
-    logits = logits_of(forward(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]))
     mask = enc["target_mask"]
+    if transformers_lm is None:
+        transformers_lm = _body_and_head(forward) is not None
+    if transformers_lm:
+        return _answer_loss_shortcut(forward, enc)
+    logits = logits_of(forward(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]))
     return F.cross_entropy(logits[mask].float(), enc["targets"][mask])
+
+
+def _answer_loss_shortcut(forward: Forward, enc: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """:func:`answer_loss` through a transformers causal LM's keywords: shared prefix once, logits at targets only.
+
+    Gradients flow through the prefix's keys and values into every row that
+    reads them, so the weights get the same gradient as without the shortcut.
+    """
+    from transformers import DynamicCache
+
+    ids, mask, targets, tmask = enc["input_ids"], enc["attention_mask"], enc["targets"], enc["target_mask"]
+    B, L = ids.shape
+    if not bool(tmask.any(1).all()):
+        raise ValueError("every row of an answer batch needs at least one target token")
+    first = tmask.to(torch.int8).argmax(1)  # each row's first predicting position
+    P = shared_prefix(ids, mask, first)
+    kw = {}
+    if P:
+        past = forward(input_ids=ids[:1, :P], attention_mask=mask[:1, :P], use_cache=True,
+                       logits_to_keep=1).past_key_values
+        kw["past_key_values"] = DynamicCache([(layer.keys.expand(B, *layer.keys.shape[1:]),
+                                               layer.values.expand(B, *layer.values.shape[1:]))
+                                              for layer in past.layers])
+    cols = torch.nonzero(tmask.any(0)).flatten()  # the positions where some row predicts an answer token
+    out = forward(input_ids=ids[:, P:], attention_mask=mask, position_ids=torch.arange(P, L, device=ids.device)
+                  .expand(B, L - P), use_cache=False, logits_to_keep=cols - P, **kw)
+    keep = tmask[:, cols]
+    return F.cross_entropy(logits_of(out)[keep].float(), targets[:, cols][keep])
 
 
 def choice_logprobs(forward: Forward, tokenizer, items: Sequence[Item], *,
@@ -347,9 +391,13 @@ class MultipleChoiceLM:
         ids = self.tokenizer([self.context(it["prompt"]) for it in split.inputs], add_special_tokens=False)["input_ids"]
         return torch.argsort(torch.tensor([len(x) for x in ids]), descending=True, stable=True)
 
+    #: Whether the forward :meth:`loss` gets (the model, or ``functional_call`` of it) is a transformers causal
+    #: LM's, which takes the keywords of :func:`answer_loss`'s shortcut; both tracks' setups are.
+    transformers_lm: bool = True
+
     def loss(self, task: str, forward: Forward, batch: ChoiceBatch) -> torch.Tensor:
         """Causal LM loss of the right option's tokens (what scoring compares)."""
-        return answer_loss(forward, batch.answer)
+        return answer_loss(forward, batch.answer, transformers_lm=self.transformers_lm)
 
     def predict(self, task: str, forward: Forward, batch: ChoiceBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """The option with the highest log-likelihood (per character with :meth:`acc_norm`), and the labels."""
