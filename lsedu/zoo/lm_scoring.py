@@ -251,9 +251,9 @@ def answer_loss(forward: Forward, enc: Mapping[str, torch.Tensor], *,
     model. Then the prefix shared by every row runs once and its keys and
     values serve every row, and the output layer runs only at the columns
     holding a target (:func:`_answer_loss_shortcut`): the same loss and
-    gradients to float32 rounding (tested), in about 0.7x the time of a
-    fine-tuning step of SmolLM2 (``benchmarks/bench_zoo.py``). Otherwise every
-    row runs whole and the logits come at every position.
+    gradients to float32 rounding (tested); a fine-tuning step of SmolLM2,
+    AdamW included, takes about 0.8x the time (``benchmarks/bench_train.py``).
+    Otherwise every row runs whole and the logits come at every position.
 
     Not called in a notebook: the causal-LM setups of both tracks (notebook 08) use it; see notebook 08
     (08_case_causal_lm.ipynb).
