@@ -152,6 +152,14 @@ def test_answer_loss_shortcut_gives_the_direct_loss_and_gradients(tok, arch, pro
     torch.testing.assert_close(clm.answer_loss(model, enc).detach(), direct, rtol=1e-5, atol=1e-6)
 
 
+def test_answer_loss_shortcut_names_a_row_without_answer(tok):
+    enc = clm.encode_choices(tok, ["What is a gerbil? Answer", "True or false: a hammer is a tool. "],
+                             [" animal", "True"])
+    enc["target_mask"][1] = False
+    with pytest.raises(ValueError, match="row 1 of the answer batch has no target token"):
+        clm.answer_loss(tiny_model(tok), enc)
+
+
 def test_encode_pair_moves_trailing_space_like_lm_eval(tok):
     ctx, cont = clm.encode_pair(tok, "a kind of ", "tool")
     ctx2, cont2 = clm.encode_pair(tok, "a kind of", " tool")

@@ -277,8 +277,9 @@ def _answer_loss_shortcut(forward: Forward, enc: Mapping[str, torch.Tensor]) -> 
 
     ids, mask, targets, tmask = enc["input_ids"], enc["attention_mask"], enc["targets"], enc["target_mask"]
     B, L = ids.shape
-    if not bool(tmask.any(1).all()):
-        raise ValueError("every row of an answer batch needs at least one target token")
+    empty = torch.nonzero(~tmask.any(1)).flatten()
+    if len(empty):
+        raise ValueError(f"row {int(empty[0])} of the answer batch has no target token (target_mask is all False)")
     first = tmask.to(torch.int8).argmax(1)  # each row's first predicting position
     P = shared_prefix(ids, mask, first)
     kw = {}
