@@ -28,6 +28,8 @@ module                 what                                             notebook
                        larger than memory (``merge``, ``Checkpoint``)
 ``explore``            the sparsity and overlap explorers (widgets)      05
 ``casestudy``          ``comparison_table``, ``scaling_curve``            06-09
+``stats``              ``paired_bootstrap``: intervals for differences    06-08
+                       between methods scored on the same items
 ``exercises``          ``check_*`` for the exercises                      02-05
 =====================  ===============================================  ========
 """

@@ -23,7 +23,12 @@ What is stochastic, and how it is reported: a fine-tune depends on its seed
 (``CaseStudyConfig.finetune_seeds``), DARE on its drop seed and trained
 localization on the order of its batches (``CaseStudyConfig.merge_seeds``).
 Every row is a mean over the runs it has, with the standard deviation
-(``ddof=1``) where there are at least two.
+(``ddof=1``) where there are at least two. Every run also keeps which test
+examples it got right, so two rows compare *paired*:
+:func:`paired_differences` and :func:`ordering_steps` give each difference
+a 95% interval by bootstrap over the examples (and the fine-tune seeds),
+:func:`lsedu.stats.paired_bootstrap`, and call it a tie unless the interval
+excludes zero.
 
 Each row of each fine-tune seed is cached on its own, like fine-tunes
 (``$LSEDU_CACHE``, kind ``casestudy``), keyed by the setup's identity, the
@@ -43,6 +48,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
@@ -54,6 +60,7 @@ from .config import Config, boolean, checked, choice, integer, integers, number,
 from .drop_rescale import dare_merge
 from .localize_stitch import localize_trained, stitch, stitch_dataless
 from .soups import uniform_soup
+from .stats import PairedDifference, paired_bootstrap
 from .task_vectors import TaskVector
 from .ties import ties_merge
 from .zoo.base import normalized_accuracy
@@ -248,10 +255,15 @@ class _Seed:
     def tvs(self) -> list[TaskVector]:
         return [TaskVector({n: self.fts[t][n] - self.pre[n] for n in self.names}) for t in self.tasks]
 
-    def test(self, body, tasks: Sequence[str] | None = None) -> dict[str, float]:
-        """Test accuracy per task, on the first ``config.max_test`` examples of each."""
-        return self.setup.evaluate_all(body, tasks or self.tasks, "test", self.config.eval_batch_size,
-                                       limit=self.config.max_test)
+    def test(self, body, tasks: Sequence[str] | None = None) -> dict:
+        """Per task, on the first ``config.max_test`` test examples of each: which ones ``body`` gets right
+        (``[examples]`` bool), or the accuracy where the setup scores no single examples (lm-eval's)."""
+        tasks = tasks or self.tasks
+        try:
+            return self.setup.correct_all(body, tasks, "test", self.config.eval_batch_size, limit=self.config.max_test)
+        except NotImplementedError:
+            return self.setup.evaluate_all(body, tasks, "test", self.config.eval_batch_size,
+                                           limit=self.config.max_test)
 
     def val(self, body) -> float:
         """Mean validation accuracy over the tasks (the first ``config.max_val`` examples of each): what every
@@ -267,7 +279,7 @@ class _Seed:
         conf = self.config.to_dict()
         extra = {"finetune": {t: c.to_dict() for t, c in self.cfgs.items()}, "finetune_seed": self.seed}
         return self.setup.cache_key("casestudy", tasks=list(self.tasks), row=row,
-                                    casestudy={f: conf.get(f) for f in fields}, lsedu=__version__,
+                                    casestudy={f: conf.get(f) for f in fields}, lsedu=__version__, items=True,
                                     **(extra if per_finetune else {}))
 
     def unit(self, row: str, refresh: bool = False) -> dict:
@@ -276,9 +288,25 @@ class _Seed:
         return record["metrics"]
 
 
-def _run(accs: Mapping[str, float], nbytes: int, merge_seed: int | None = None, choice: str = "") -> dict:
-    return {"accs": {t: float(a) for t, a in accs.items()}, "nbytes": int(nbytes), "merge_seed": merge_seed,
-            "choice": choice}
+def _run(scores: Mapping[str, object], nbytes: int, merge_seed: int | None = None, choice: str = "") -> dict:
+    """A run's record: accuracy per task and, where the setup scores single examples, which ones it got right
+    (``"correct"``: per task a string of 0s and 1s in the split's stored order, compact in the cache's JSON)."""
+    run = {"accs": {}, "nbytes": int(nbytes), "merge_seed": merge_seed, "choice": choice}
+    for t, v in scores.items():
+        if isinstance(v, str):  # already encoded (a row reusing another's record)
+            run.setdefault("correct", {})[t] = v
+            run["accs"][t] = v.count("1") / len(v)
+        elif isinstance(v, torch.Tensor):
+            run.setdefault("correct", {})[t] = "".join("1" if x else "0" for x in v.tolist())
+            run["accs"][t] = int(v.sum()) / len(v)
+        else:
+            run["accs"][t] = float(v)
+    return run
+
+
+def _scores(run: Mapping) -> dict:
+    """A record's per-task scores as :func:`_run` takes them: the encoded examples where it has them."""
+    return {t: run.get("correct", {}).get(t, a) for t, a in run["accs"].items()}
 
 
 def _pretrained(s: _Seed) -> dict:
@@ -287,13 +315,13 @@ def _pretrained(s: _Seed) -> dict:
 
 def _individual(s: _Seed) -> dict:
     """Each fine-tune on its own task: the reference that ``normalized`` divides by."""
-    accs = {t: s.test(s.fts[t], [t])[t] for t in s.tasks}
-    return {"runs": [_run(accs, sum(s.nbytes(s.fts[t]) for t in s.tasks))]}
+    scores = {t: s.test(s.fts[t], [t])[t] for t in s.tasks}
+    return {"runs": [_run(scores, sum(s.nbytes(s.fts[t]) for t in s.tasks))]}
 
 
 def _finetuned(s: _Seed) -> dict:
     """Each fine-tune on every task (the off-diagonal shows transfer); its own task comes from ``individual``."""
-    own = s.unit("individual")["runs"][0]["accs"]
+    own = _scores(s.unit("individual")["runs"][0])
     runs = []
     for t in s.tasks:
         others = s.test(s.fts[t], [o for o in s.tasks if o != t])
@@ -372,7 +400,8 @@ def _records(s: _Seed, method: str, unit: dict, individual: Mapping[str, float])
                       else math.nan)
         out.append({"method": method, "row": label, "finetune_seed": s.seed, "merge_seed": run["merge_seed"],
                     **{f"acc:{t}": a for t, a in accs.items()}, "average": sum(accs.values()) / len(accs),
-                    "normalized": normalized, "storage_mb": run["nbytes"] / 2**20, "choice": run["choice"]})
+                    "normalized": normalized, "storage_mb": run["nbytes"] / 2**20, "choice": run["choice"],
+                    "correct": run.get("correct")})
     return out
 
 
@@ -671,11 +700,13 @@ def merge_summary(table, rows: Sequence[str] = MERGES + (LABELS["multitask"],)):
 
 
 def ordering_steps(table, papers: Sequence[str] = PAPERS_ORDER):
-    """The papers' rows in our order, best first, with the step in points to the next one.
+    """The papers' rows in our order, best first, with the step to the next one and whether it is a real one.
 
     A DataFrame with one row per rank: ``papers`` (the papers' row at that
-    rank), ``ours`` (ours), ``average (%)`` (ours) and ``step to next
-    (points)``.
+    rank), ``ours`` (ours), ``average (%)`` (ours), ``step to next
+    (points)``, its paired 95% interval (:func:`paired_difference`) and
+    ``step``: ``"ahead"`` where the interval excludes zero, ``"tie"`` where it
+    does not (empty where the setup scores no single examples).
 
     Explained in notebooks 06, 07 and 08 (06_case_language.ipynb, 07_case_vision.ipynb,
     08_case_causal_lm.ipynb).
@@ -683,8 +714,118 @@ def ordering_steps(table, papers: Sequence[str] = PAPERS_ORDER):
     ours = ordering(table, tuple(papers)[::-1])  # equal averages keep the papers' reversed order, as before
     avg = [100 * float(table.loc[r, "average"]) for r in ours]
     steps = [a - b for a, b in zip(avg, avg[1:])] + [math.nan]
+    diffs = [paired_difference(table, a, b) for a, b in zip(ours, ours[1:])] + [None]
     return pd.DataFrame({"papers": list(papers), "ours": ours, "average (%)": avg,
-                         "step to next (points)": steps}).round(1)
+                         "step to next (points)": steps,
+                         "95% interval": [_interval(d) for d in diffs],
+                         "step": [_verdict(d, "ahead", "") for d in diffs]}).round(1)
+
+
+# ----------------------------------------------------------------------------- paired intervals
+
+#: Bootstrap resamples of every paired interval of a table (:func:`lsedu.stats.paired_bootstrap`), and its seed.
+RESAMPLES, BOOTSTRAP_SEED = 10_000, 0
+
+
+def item_scores(table, row: str) -> dict[str, np.ndarray] | None:
+    """Per task, ``[fine-tune seeds, test examples]``: how often ``row`` gets each example right.
+
+    1 or 0 for a row of one run per fine-tune seed; for DARE and trained
+    masks, the mean over their merge seeds. None where the setup scores no
+    single examples (the paper track's lm-eval scores).
+
+    Explained in notebook 06 (06_case_language.ipynb).
+    """
+    runs = table.attrs.get("runs")
+    if runs is None:
+        raise ValueError("table has no per-run records (table.attrs['runs']); build it with comparison_table")
+    g = runs[runs["row"] == row]
+    if g.empty:
+        raise ValueError(f"table has no row {row!r}; its rows are {list(table.index)}")
+    if "correct" not in g or g["correct"].isna().any():
+        return None
+    tasks = [c.removeprefix("acc:") for c in runs.columns if c.startswith("acc:")]
+    out = {}
+    for t in tasks:
+        per_seed = []
+        for _, seed_runs in g.groupby("finetune_seed", sort=True):
+            bits = [np.frombuffer(c[t].encode(), dtype=np.uint8) - ord("0") for c in seed_runs["correct"]]
+            per_seed.append(np.mean(bits, axis=0))
+        out[t] = np.stack(per_seed)
+    return out
+
+
+def paired_difference(table, a: str, b: str) -> PairedDifference | None:
+    """Row ``a`` minus row ``b`` of a comparison table, in mean accuracy over tasks, with its paired 95% interval.
+
+    Both rows are scored on the same test examples, so the interval comes
+    from resampling those examples (and the fine-tune seeds, if several):
+    :func:`lsedu.stats.paired_bootstrap`. None where the setup scores no
+    single examples.
+
+    Explained in notebook 06 (06_case_language.ipynb).
+    """
+    sa, sb = item_scores(table, a), item_scores(table, b)
+    if sa is None or sb is None:
+        return None
+    return paired_bootstrap(sa, sb, resamples=RESAMPLES, seed=BOOTSTRAP_SEED)
+
+
+def _interval(d: PairedDifference | None) -> str:
+    return "" if d is None else f"[{100 * d.low:+.1f}, {100 * d.high:+.1f}]"
+
+
+def _verdict(d: PairedDifference | None, ahead: str, behind: str) -> str:
+    if d is None:
+        return ""
+    return {"a ahead": ahead, "b ahead": behind, "tie": "tie"}[d.verdict]
+
+
+def paired_differences(table, rows: Sequence[str] | None = None, reference: str | None = None):
+    """Each of ``rows`` against ``reference``: the difference in points, its paired 95% interval, and a verdict.
+
+    ``rows``: the merges and multi-task learning by default; ``reference``:
+    the best merge (:func:`best_merge`) by default. Columns: ``average (%)``,
+    ``minus reference (points)``, ``low`` and ``high`` (the interval, in
+    points) and ``verdict``: ``"ahead"`` or ``"behind"`` where the interval
+    excludes zero, ``"tie"`` where it does not. The table's prose calls an
+    ordering only where this says ahead or behind.
+
+    Explained in notebook 06 (06_case_language.ipynb).
+    """
+    reference = reference or best_merge(table)
+    rows = [r for r in (rows or MERGES + (LABELS["multitask"],)) if r in table.index and r != reference]
+    out = []
+    for r in rows:
+        d = paired_difference(table, r, reference)
+        out.append({"row": r, "average (%)": 100 * float(table.loc[r, "average"]),
+                    "minus reference (points)": 100 * (float(table.loc[r, "average"])
+                                                       - float(table.loc[reference, "average"])),
+                    "low": math.nan if d is None else 100 * d.low, "high": math.nan if d is None else 100 * d.high,
+                    "verdict": _verdict(d, "ahead", "behind")})
+    df = pd.DataFrame(out).set_index("row").round(2)
+    df.attrs["reference"] = reference
+    return df
+
+
+def plot_differences(diffs, ax=None):
+    """The rows of :func:`paired_differences` minus the reference, with their 95% intervals, and a line at zero.
+
+    Explained in notebook 06 (06_case_language.ipynb).
+    """
+    if ax is None:
+        _, ax = plt.subplots(figsize=(8, 0.45 * len(diffs) + 1.2))
+    y = list(range(len(diffs)))[::-1]
+    mid = diffs["minus reference (points)"]
+    err = [mid - diffs["low"], diffs["high"] - mid]
+    colors = ["tab:green" if v == "ahead" else "tab:red" if v == "behind" else "tab:gray" for v in diffs["verdict"]]
+    ax.errorbar(mid, y, xerr=err, fmt="none", ecolor=colors, capsize=3)
+    ax.scatter(mid, y, c=colors, zorder=3)
+    ax.axvline(0, color="k", lw=0.8)
+    ax.set_yticks(y, list(diffs.index))
+    reference = diffs.attrs.get("reference", "the reference")
+    ax.set_xlabel(f"minus {reference} (points of mean accuracy, paired 95% interval)")
+    return ax
 
 
 def stochastic_runs(table):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -438,3 +439,83 @@ def test_finetune_all_caches_every_task_and_seed_for_the_rows(monkeypatch):
     assert trained == []  # every fine-tune the rows need was cached by finetune_all
     setup.finetune("a", setup.finetune_config.replace(seed=2))
     assert len(trained) == 1  # the spy sees a fine-tune that was not cached
+
+
+# ----------------------------------------------------------------------------- paired intervals
+
+
+class ReversedToy(Toy):
+    """The toy, evaluated in reverse order: per-example results must still come back in the stored order."""
+
+    def eval_order(self, task, split):
+        return torch.arange(len(split) - 1, -1, -1)
+
+
+def test_correct_is_per_example_in_the_stored_order():
+    setup = ReversedToy(device="cpu", progress=False)
+    pre = setup.pretrained()
+    data = setup.task("a").test
+    z = data.inputs @ pre["weight"].T + pre["bias"]
+    naive = (z[:, 0] < 0).long() == data.labels  # predict() takes argmax of (z, -z): class 1 where z < 0
+    right = setup.correct(pre, "a", "test", batch_size=7)
+    assert right.dtype == torch.bool and torch.equal(right, naive) and not naive.all()
+    assert torch.equal(setup.correct(pre, "a", "test", limit=10), naive[:10])
+    assert setup.evaluate(pre, "a") == int(naive.sum()) / len(naive)
+    assert set(setup.correct_all(pre)) == set(setup.tasks)
+
+
+def test_records_keep_which_examples_each_run_got_right(toy_table):
+    setup, table = toy_table
+    runs = table.attrs["runs"]
+    r = runs[runs["row"] == "task arithmetic"].iloc[0]
+    assert set(r["correct"]) == {"a", "b", "c"}
+    for t in "abc":
+        bits = r["correct"][t]
+        assert set(bits) <= {"0", "1"} and len(bits) == len(setup.task(t).test)
+        assert bits.count("1") / len(bits) == pytest.approx(r[f"acc:{t}"])
+    scores = casestudy.item_scores(table, "DARE + task arithmetic")
+    assert scores["a"].shape == (2, len(setup.task("a").test))  # fine-tune seeds x examples, mean over merge seeds
+    dare = runs[(runs["row"] == "DARE + task arithmetic") & (runs["finetune_seed"] == 1)]
+    mean = sum(np.array([int(c) for c in x["a"]]) for x in dare["correct"]) / len(dare)
+    assert np.allclose(scores["a"][1], mean)
+    with pytest.raises(ValueError, match="no row 'nope'"):
+        casestudy.item_scores(table, "nope")
+
+
+def test_paired_differences_read_the_runs(toy_table):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    _, table = toy_table
+    avg = table["average"]
+    d = casestudy.paired_difference(table, "TIES", "uniform averaging")
+    assert d.diff == pytest.approx(avg["TIES"] - avg["uniform averaging"], abs=1e-9)  # the table's averages
+    assert d.seeds == 2 and d.low <= d.diff <= d.high
+    same = casestudy.paired_difference(table, "TIES", "TIES")
+    assert (same.low, same.high, same.verdict) == (0.0, 0.0, "tie")
+    diffs = casestudy.paired_differences(table)
+    best = casestudy.best_merge(table)
+    assert diffs.attrs["reference"] == best and best not in diffs.index
+    for r in diffs.index:
+        dd = casestudy.paired_difference(table, r, best)
+        assert diffs.loc[r, "low"] == pytest.approx(round(100 * dd.low, 2))
+        assert diffs.loc[r, "verdict"] == {"a ahead": "ahead", "b ahead": "behind", "tie": "tie"}[dd.verdict]
+    steps = casestudy.ordering_steps(table)
+    assert list(steps.columns[-2:]) == ["95% interval", "step"]
+    assert set(steps["step"].iloc[:-1]) <= {"ahead", "tie"} and steps["step"].iloc[-1] == ""
+    first = casestudy.paired_difference(table, steps["ours"].iloc[0], steps["ours"].iloc[1])
+    assert steps["step"].iloc[0] == ("ahead" if first.low > 0 else "tie")
+    ax = casestudy.plot_differences(diffs)
+    labels = sorted(((t.get_position()[1], t.get_text()) for t in ax.get_yticklabels()), reverse=True)
+    assert [text for _, text in labels] == list(diffs.index)  # the first row at the top
+
+
+def test_paired_intervals_are_absent_where_a_setup_scores_no_examples(toy_table):
+    _, table = toy_table
+    runs = table.attrs["runs"].copy()
+    runs["correct"] = None  # as lm-eval's scores on the paper track
+    t2 = table.copy()
+    t2.attrs["runs"] = runs
+    assert casestudy.item_scores(t2, "TIES") is None and casestudy.paired_difference(t2, "TIES", "TIES") is None
+    assert set(casestudy.ordering_steps(t2)["step"]) == {""}
+    assert casestudy.paired_differences(t2)["low"].isna().all()

@@ -385,6 +385,17 @@ class Setup(abc.ABC):
                  batch_size: int = 64, limit: int | None = None) -> float:
         """Accuracy of the body ``body`` on ``task``'s ``split`` (its first ``limit`` examples if ``limit`` is set;
         a ``limit`` of the split's length or more is the whole split)."""
+        right = self.correct(body, task, split, batch_size, limit)
+        return int(right.sum()) / len(right)
+
+    @torch.no_grad()
+    def correct(self, body: Mapping[str, torch.Tensor], task: str, split: str = "test",
+                batch_size: int = 64, limit: int | None = None) -> torch.Tensor:
+        """``[examples]`` bool: whether ``body`` predicts each example of the split right (as :meth:`evaluate`).
+
+        In the split's stored order, whatever order the batches ran in, so two
+        bodies' vectors pair example by example (``lsedu.stats.paired_bootstrap``).
+        """
         data = self.task(task).split(split)
         check_arg(limit, "limit", optional(integer(low=1)))
         if limit is not None and limit < len(data):
@@ -393,12 +404,16 @@ class Setup(abc.ABC):
         if order is not None:  # accuracy counts the same examples in any order
             data = data.subset(order.tolist())
         model = self.module(body)
-        right = total = 0
+        right = []
         for batch in self.batches(task, data, batch_size):
             pred, true = self.predict(task, model, batch)
-            right += int((pred.cpu() == true.cpu()).sum())
-            total += len(true)
-        return right / total
+            right.append(pred.cpu() == true.cpu())
+        right = torch.cat(right)
+        if order is None:
+            return right
+        stored = torch.empty_like(right)
+        stored[order] = right
+        return stored
 
     def eval_order(self, task: str, split: Split) -> torch.Tensor | None:
         """The order :meth:`evaluate` batches ``split``'s examples in, or None for the stored order.
@@ -436,6 +451,11 @@ class Setup(abc.ABC):
                      split: str = "test", batch_size: int = 64, limit: int | None = None) -> dict[str, float]:
         """``{task: accuracy}`` of ``body`` on every task (or ``tasks``), as :meth:`evaluate` with ``limit``."""
         return {t: self.evaluate(body, t, split, batch_size, limit=limit) for t in (tasks or self.tasks)}
+
+    def correct_all(self, body: Mapping[str, torch.Tensor], tasks: Sequence[str] | None = None,
+                    split: str = "test", batch_size: int = 64, limit: int | None = None) -> dict[str, torch.Tensor]:
+        """``{task: [examples] bool}`` of ``body`` on every task (or ``tasks``), as :meth:`correct` with ``limit``."""
+        return {t: self.correct(body, t, split, batch_size, limit=limit) for t in (tasks or self.tasks)}
 
     #: Training saves its progress (:func:`~lsedu.zoo.cache.partial_path`) at most this often, in seconds: an
     #: interruption loses at most this much work, and the weights with their Adam state (three copies of the

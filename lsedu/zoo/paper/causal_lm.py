@@ -354,12 +354,28 @@ class GPT2XL(MultipleChoiceLM, TransformersLM):
         With a ``limit`` below the split's length, ours on the split's first ``limit`` items (lm-eval's own
         ``limit`` is ``config.lm_eval_limit``).
         """
-        check_arg(limit, "limit", optional(integer(low=1)))
-        whole = limit is None or limit >= len(self.task(task).split(split))
-        if split == "test" and self.config.lm_eval and not self.tiny and whole:
+        if self._scored_by_lm_eval(task, split, limit):
             spec = GPT2XL_TASKS[task]
             results = run_lm_eval(self.module(body), self.tokenizer, spec, batch_size=self.config.lm_eval_batch_size,
                                   limit=self.config.lm_eval_limit, max_length=self.config.max_length,
                                   seed=self.config.seed)
             return lm_eval_accuracies(results, {task: spec})[task]
         return super().evaluate(body, task, split, batch_size, limit=limit)
+
+    def _scored_by_lm_eval(self, task: str, split: str, limit: int | None) -> bool:
+        check_arg(limit, "limit", optional(integer(low=1)))
+        whole = limit is None or limit >= len(self.task(task).split(split))
+        return split == "test" and self.config.lm_eval and not self.tiny and whole
+
+    def correct(self, body: Mapping[str, torch.Tensor], task: str, split: str = "test", batch_size: int = 8,
+                limit: int | None = None) -> torch.Tensor:
+        """Per item, whether ours scores it right; NotImplementedError where :meth:`evaluate` is lm-eval's score.
+
+        lm-eval scores the benchmark's own documents, not this split's items, so
+        there is no per-item vector to pair; the case studies then report that
+        setup's rows without paired intervals.
+        """
+        if self._scored_by_lm_eval(task, split, limit):
+            raise NotImplementedError(f"the test accuracy of {task!r} is lm-eval's score of {GPT2XL_TASKS[task].benchmark!r}"
+                                      ", which gives no per-item vector here")
+        return super().correct(body, task, split, batch_size, limit=limit)
