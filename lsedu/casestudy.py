@@ -8,9 +8,9 @@ track:
 1. fine-tune every task (``setup.finetune``, one config per seed, cached) and
    build the task vectors over the tensors a merge combines (``setup.merge_names()``);
 2. pick each method's hyperparameters on the *validation* split (mean
-   accuracy over the tasks): lambda of task arithmetic
-   (:func:`lsedu.pick_lambda`), density and lambda of TIES, lambda of DARE,
-   the density of Localize-and-Stitch;
+   accuracy over the tasks) with :func:`grid_search`, which widens a grid
+   whose best value sits at an edge: lambda of task arithmetic, density and
+   lambda of TIES, lambda of DARE, the density of Localize-and-Stitch;
 3. evaluate every method on the *test* split, and add the multi-task
    baseline (``setup.multitask``), which the paper does not report.
 
@@ -44,7 +44,8 @@ import functools
 import itertools
 import math
 import random
-from collections.abc import Mapping, Sequence
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import matplotlib.pyplot as plt
@@ -55,7 +56,7 @@ from tqdm.auto import tqdm
 
 from . import __version__, methods
 from .analysis import storage
-from .arithmetic import pick_lambda, task_arithmetic
+from .arithmetic import task_arithmetic
 from .config import Config, boolean, checked, choice, integer, integers, number, numbers, optional
 from .drop_rescale import dare_merge
 from .localize_stitch import localize_trained, stitch, stitch_dataless
@@ -109,6 +110,11 @@ class CaseStudyConfig(Config):
       steps than a notebook can afford before any entry changes sides: Adam
       moves a logit by about ``loc_lr`` a step); the mask keeps exactly the
       chosen density (``target_density``).
+    * ``widen``: when validation's best value sits at the edge of its grid
+      (the lowest or highest lambda, density), the search adds the next value
+      beyond that edge and scores it, up to ``widen`` times per edge, and
+      warns if the best is still at an edge (:func:`grid_search`). 0 keeps
+      the grids as given. Each row reports how many configurations it scored.
     * ``eval_batch_size``: batch size of every evaluation (it changes speed only).
       ``max_val`` / ``max_test``: score on the first that many examples of each
       task's validation / test split (the splits are stored shuffled), or on
@@ -134,6 +140,7 @@ class CaseStudyConfig(Config):
     loc_lr: float = checked(0.1, number(0, low_open=True))
     loc_bias: float = checked(1.0, number(0, low_open=True))
     loc_l1: float = checked(1e-5, number(0))
+    widen: int = checked(3, integer(low=0))
     eval_batch_size: int = checked(64, integer(low=1))
     max_val: int | None = checked(None, optional(integer(low=1)))
     max_test: int | None = checked(None, optional(integer(low=1)))
@@ -211,12 +218,113 @@ def localize_trained_mask(setup, base, task_vector, task: str, density: float, s
     return mask
 
 
+# ----------------------------------------------------------------------------- validation search
+
+
+@dataclass(frozen=True)
+class GridSearch:
+    """What :func:`grid_search` returns: the best point, every point's score in the order scored, the final grid.
+
+    Explained in notebooks 06, 07 and 08 (06_case_language.ipynb, 07_case_vision.ipynb,
+    08_case_causal_lm.ipynb).
+    """
+
+    best: dict[str, float]
+    best_score: float
+    scores: dict[tuple[float, ...], float]
+    grid: dict[str, tuple[float, ...]]
+    at_edge: tuple[str, ...]
+
+
+#: Where each searched value may go: lambda above 0, densities in (0, 1]. Lambda grids extend by their own last
+#: step; density grids by their own last ratio (0.1, 0.2, 0.5 -> 1.0), never past 1.
+_AXES = {"lam": ("step", 0.0, 10.0), "density": ("ratio", 0.0, 1.0)}
+
+
+def _beyond(values: Sequence[float], axis: str, side: str) -> float | None:
+    """The next value past the ``side`` ("low" or "high") edge of a sorted axis, or None if there is no room."""
+    kind, low, high = _AXES[axis]
+    v = sorted(values)
+    if len(v) < 2:
+        return None  # one value: no spacing to extend by, and nothing was searched
+    if kind == "step":
+        new = v[-1] + (v[-1] - v[-2]) if side == "high" else v[0] - (v[1] - v[0])
+        if side == "low" and new <= low:
+            new = v[0] / 2
+    else:
+        new = min(high, v[-1] * v[-1] / v[-2]) if side == "high" else v[0] * v[0] / v[1]
+    new = round(new, 6)
+    return None if new in v or not low < new <= high else new
+
+
+def grid_search(score: Callable[..., float], grid: Mapping[str, Sequence[float]], *, widen: int = 3,
+                what: str = "search") -> GridSearch:
+    """Score every point of the grid (the product of its axes) and widen the grid while the best sits at an edge.
+
+    ``score(**point)`` is a validation score (higher is better); ``grid``
+    maps each axis (``"lam"``, ``"density"``) to its values. When the best
+    point's value on an axis is that axis's lowest or highest, the search
+    adds the next value beyond that edge (:data:`_AXES`: a lambda grid
+    extends by its own step, a density grid by its own ratio, up to 1) and
+    scores it with every value of the other axes; at most ``widen`` values
+    per edge. If the best is still at an edge that could move further, it
+    warns (``UserWarning``), naming ``what``, the axis and the grid: a value
+    chosen at the edge of what was searched may not be the best one. On
+    equal scores the first point scored wins.
+
+    Explained in notebooks 06, 07 and 08 (06_case_language.ipynb, 07_case_vision.ipynb,
+    08_case_causal_lm.ipynb).
+    """
+    if not isinstance(grid, Mapping) or not grid:
+        raise TypeError(f"grid must map each axis to its values, got {grid!r}")
+    unknown = [a for a in grid if a not in _AXES]
+    if unknown:
+        raise ValueError(f"grid axes {unknown} are unknown; choose from {list(_AXES)}")
+    if isinstance(widen, bool) or not isinstance(widen, int) or widen < 0:
+        raise ValueError(f"widen must be a non-negative int, got {widen!r}")
+    axes = list(grid)
+    values = {a: [float(v) for v in grid[a]] for a in axes}
+    for a in axes:
+        if not values[a]:
+            raise ValueError(f"grid[{a!r}] is empty")
+    scores: dict[tuple[float, ...], float] = {}
+
+    def run(points) -> None:
+        for p in points:
+            if p not in scores:
+                v = score(**dict(zip(axes, p)))
+                v = v.item() if isinstance(v, torch.Tensor) and v.numel() == 1 else v
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                    raise ValueError(f"{what}: the score at {dict(zip(axes, p))} is {v!r}; it must be a finite number")
+                scores[p] = float(v)
+
+    run(itertools.product(*(values[a] for a in axes)))
+    grown = {(a, side): 0 for a in axes for side in ("low", "high")}
+    while True:
+        best = max(scores, key=lambda p: scores[p])
+        edges = [(a, "low" if best[i] == min(values[a]) else "high") for i, a in enumerate(axes)
+                 if best[i] in (min(values[a]), max(values[a])) and len(values[a]) > 1]
+        grow = [(a, side, new) for a, side in edges
+                if grown[(a, side)] < widen and (new := _beyond(values[a], a, side)) is not None]
+        if not grow:
+            break
+        a, side, new = grow[0]
+        grown[(a, side)] += 1
+        values[a].append(new)
+        run(itertools.product(*([new] if b == a else values[b] for b in axes)))
+    stuck = tuple(a for a, side in edges if _beyond(values[a], a, side) is not None)
+    for a in stuck:
+        warnings.warn(f"{what}: the best {a}={best[axes.index(a)]:g} is at the edge of the grid searched "
+                      f"{sorted(values[a])} after widening it {widen} times; widen the grid further", stacklevel=2)
+    return GridSearch(dict(zip(axes, best)), scores[best], scores, {a: tuple(sorted(values[a])) for a in axes}, stuck)
+
+
 # ----------------------------------------------------------------------------- the rows, one cached unit each
 
 #: The config fields each row depends on (its cache key holds these and nothing else of the config), and
 #: whether the row depends on the fine-tunes (the pretrained row does not: one evaluation serves every seed).
 _EVAL = ("eval_batch_size", "max_test")
-_VAL = _EVAL + ("max_val",)
+_VAL = _EVAL + ("max_val", "widen")
 _LOC = ("loc_batches", "loc_batch_size", "loc_epochs", "loc_optimizer", "loc_lr", "loc_bias", "loc_l1")
 ROW_DEPENDS = {
     "pretrained": (_EVAL, False),
@@ -288,10 +396,12 @@ class _Seed:
         return record["metrics"]
 
 
-def _run(scores: Mapping[str, object], nbytes: int, merge_seed: int | None = None, choice: str = "") -> dict:
+def _run(scores: Mapping[str, object], nbytes: int, merge_seed: int | None = None, choice: str = "",
+         configs: int = 0) -> dict:
     """A run's record: accuracy per task and, where the setup scores single examples, which ones it got right
-    (``"correct"``: per task a string of 0s and 1s in the split's stored order, compact in the cache's JSON)."""
-    run = {"accs": {}, "nbytes": int(nbytes), "merge_seed": merge_seed, "choice": choice}
+    (``"correct"``: per task a string of 0s and 1s in the split's stored order, compact in the cache's JSON);
+    ``configs``: how many configurations validation scored to choose the run's hyperparameters."""
+    run = {"accs": {}, "nbytes": int(nbytes), "merge_seed": merge_seed, "choice": choice, "configs": int(configs)}
     for t, v in scores.items():
         if isinstance(v, str):  # already encoded (a row reusing another's record)
             run.setdefault("correct", {})[t] = v
@@ -339,50 +449,62 @@ def _averaging(s: _Seed) -> dict:
     return {"runs": [_run(s.test(avg), s.nbytes(avg))]}
 
 
+def _search(s: _Seed, method: str, score: Callable[..., float], grid: dict[str, Sequence[float]]) -> GridSearch:
+    return grid_search(score, grid, widen=s.config.widen, what=f"{s.setup.name}: {method}")
+
+
 def _task_arithmetic(s: _Seed) -> dict:
-    best = pick_lambda(s.pre, s.tvs, s.val, s.config.lambda_grid)
-    merged = task_arithmetic(s.pre, s.tvs, best.best_lambda)
-    return {"runs": [_run(s.test(merged), s.nbytes(merged), choice=f"lambda={best.best_lambda:g}")],
-            "chosen": {"lambda": best.best_lambda}}
+    best = _search(s, "task arithmetic", lambda lam: s.val(task_arithmetic(s.pre, s.tvs, lam)),
+                   {"lam": s.config.lambda_grid})
+    lam = best.best["lam"]
+    merged = task_arithmetic(s.pre, s.tvs, lam)
+    return {"runs": [_run(s.test(merged), s.nbytes(merged), choice=f"lambda={lam:g}", configs=len(best.scores))],
+            "chosen": {"lambda": lam}, "configs": len(best.scores)}
 
 
 def _ties(s: _Seed) -> dict:
-    searches = {d: pick_lambda(s.pre, s.tvs, s.val, s.config.ties_lambdas, merge=ties_merge, density=d)
-                for d in s.config.ties_densities}
-    d = max(searches, key=lambda k: searches[k].best_score)  # first density of equal scores
-    lam = searches[d].best_lambda
+    best = _search(s, "TIES", lambda density, lam: s.val(ties_merge(s.pre, s.tvs, density=density, lam=lam)),
+                   {"density": s.config.ties_densities, "lam": s.config.ties_lambdas})
+    d, lam = best.best["density"], best.best["lam"]
     merged = ties_merge(s.pre, s.tvs, density=d, lam=lam)
-    return {"runs": [_run(s.test(merged), s.nbytes(merged), choice=f"density={d:g}, lambda={lam:g}")],
-            "chosen": {"density": d, "lambda": lam}}
+    return {"runs": [_run(s.test(merged), s.nbytes(merged), choice=f"density={d:g}, lambda={lam:g}",
+                          configs=len(best.scores))],
+            "chosen": {"density": d, "lambda": lam}, "configs": len(best.scores)}
 
 
 def _dare(s: _Seed) -> dict:
     # lambda is chosen with the first merge seed's drops, then every seed is tested with it
-    p = s.config.dare_p
-    best = pick_lambda(s.pre, s.tvs, s.val, s.config.lambda_grid, merge=dare_merge, p=p, seed=s.config.merge_seeds[0])
+    p, first = s.config.dare_p, s.config.merge_seeds[0]
+    best = _search(s, "DARE", lambda lam: s.val(dare_merge(s.pre, s.tvs, p=p, lam=lam, seed=first)),
+                   {"lam": s.config.lambda_grid})
+    lam = best.best["lam"]
     runs = []
     for seed in s.config.merge_seeds:
-        merged = dare_merge(s.pre, s.tvs, p=p, lam=best.best_lambda, seed=seed)
-        runs.append(_run(s.test(merged), s.nbytes(merged), seed, f"p={p:g}, lambda={best.best_lambda:g}"))
-    return {"runs": runs, "chosen": {"p": p, "lambda": best.best_lambda}}
+        merged = dare_merge(s.pre, s.tvs, p=p, lam=lam, seed=seed)
+        runs.append(_run(s.test(merged), s.nbytes(merged), seed, f"p={p:g}, lambda={lam:g}", len(best.scores)))
+    return {"runs": runs, "chosen": {"p": p, "lambda": lam}, "configs": len(best.scores)}
 
 
 def _stitch_dataless(s: _Seed) -> dict:
-    scores = {d: s.val(stitch_dataless(s.pre, s.tvs, d)) for d in s.config.stitch_densities}
-    d = max(scores, key=lambda k: scores[k])
+    best = _search(s, "Localize-and-Stitch", lambda density: s.val(stitch_dataless(s.pre, s.tvs, density)),
+                   {"density": s.config.stitch_densities})
+    d = best.best["density"]
     merged = stitch_dataless(s.pre, s.tvs, d)
-    return {"runs": [_run(s.test(merged), s.nbytes(merged), choice=f"density={d:g}")], "chosen": {"density": d}}
+    return {"runs": [_run(s.test(merged), s.nbytes(merged), choice=f"density={d:g}", configs=len(best.scores))],
+            "chosen": {"density": d}, "configs": len(best.scores)}
 
 
 def _stitch_trained(s: _Seed) -> dict:
-    """Trained masks at the density validation chose for the dataless masks (the ``stitch_dataless`` row)."""
-    d = s.unit("stitch_dataless")["chosen"]["density"]
+    """Trained masks at the density validation chose for the dataless masks (the ``stitch_dataless`` row, whose
+    search its ``configs`` counts)."""
+    dataless = s.unit("stitch_dataless")
+    d = dataless["chosen"]["density"]
     runs = []
     for seed in s.config.merge_seeds:
         masks = [localize_trained_mask(s.setup, s.pre, tv, t, d, seed, s.config) for t, tv in zip(s.tasks, s.tvs)]
         merged = stitch(s.pre, s.tvs, masks)
-        runs.append(_run(s.test(merged), s.nbytes(merged), seed, f"density={d:g}"))
-    return {"runs": runs, "chosen": {"density": d}}
+        runs.append(_run(s.test(merged), s.nbytes(merged), seed, f"density={d:g}", dataless["configs"]))
+    return {"runs": runs, "chosen": {"density": d}, "configs": dataless["configs"]}
 
 
 _ROWS = {"pretrained": _pretrained, "individual": _individual, "finetuned": _finetuned, "multitask": _multitask,
@@ -401,7 +523,7 @@ def _records(s: _Seed, method: str, unit: dict, individual: Mapping[str, float])
         out.append({"method": method, "row": label, "finetune_seed": s.seed, "merge_seed": run["merge_seed"],
                     **{f"acc:{t}": a for t, a in accs.items()}, "average": sum(accs.values()) / len(accs),
                     "normalized": normalized, "storage_mb": run["nbytes"] / 2**20, "choice": run["choice"],
-                    "correct": run.get("correct")})
+                    "configs": run.get("configs", 0), "correct": run.get("correct")})
     return out
 
 
@@ -519,8 +641,10 @@ def summarize(runs, tasks: Sequence[str]):
     Columns: the mean test accuracy of each task, ``average`` and
     ``normalized`` (means over runs) with their standard deviations
     (``average_std``, ``normalized_std``; NaN for a row of one run),
-    ``storage_mb``, ``runs`` (how many runs the row averages) and
-    ``choice`` (the hyperparameters chosen on validation, per fine-tune seed).
+    ``storage_mb``, ``runs`` (how many runs the row averages), ``configs``
+    (how many configurations validation scored for the row, the most over
+    fine-tune seeds; 0 for a row without a search) and ``choice`` (the
+    hyperparameters chosen on validation, per fine-tune seed).
 
     Explained in notebooks 06, 07 and 08 (06_case_language.ipynb, 07_case_vision.ipynb,
     08_case_causal_lm.ipynb).
@@ -540,6 +664,7 @@ def summarize(runs, tasks: Sequence[str]):
                "normalized": g["normalized"].mean(),
                "normalized_std": g["normalized"].std(ddof=1) if n > 1 else math.nan,
                "storage_mb": g["storage_mb"].mean(), "runs": n,
+               "configs": int(g["configs"].max()) if "configs" in g else 0,
                "choice": "; ".join(dict.fromkeys(c for c in g["choice"] if c))}
         rows.append(row)
     return pd.DataFrame(rows).set_index("row")
@@ -657,6 +782,8 @@ def pretty(table, digits: int = 1):
     out["normalized"] = [pm(m, s, 100) for m, s in zip(table["normalized"], table["normalized_std"])]
     out["storage (MB)"] = [f"{v:.2f}" for v in table["storage_mb"]]
     out["runs"] = table["runs"]
+    if "configs" in table:
+        out["configs scored"] = table["configs"]
     out["chosen on validation"] = table["choice"]
     return out
 

@@ -519,3 +519,77 @@ def test_paired_intervals_are_absent_where_a_setup_scores_no_examples(toy_table)
     assert casestudy.item_scores(t2, "TIES") is None and casestudy.paired_difference(t2, "TIES", "TIES") is None
     assert set(casestudy.ordering_steps(t2)["step"]) == {""}
     assert casestudy.paired_differences(t2)["low"].isna().all()
+
+
+# ----------------------------------------------------------------------------- validation search
+
+
+def test_grid_search_scores_the_product_and_keeps_the_first_of_equal_scores():
+    seen = []
+
+    def score(density, lam):
+        seen.append((density, lam))
+        return -abs(density - 0.2) - abs(lam - 1.0)
+
+    g = casestudy.grid_search(score, {"density": (0.1, 0.2, 0.5), "lam": (0.6, 1.0, 1.4)})
+    assert g.best == {"density": 0.2, "lam": 1.0} and len(g.scores) == 9 == len(seen) and g.at_edge == ()
+    with pytest.warns(UserWarning, match="lam=0.2 is at the edge"):
+        flat = casestudy.grid_search(lambda lam: 0.0, {"lam": (0.2, 0.4)}, widen=0)
+    assert flat.best == {"lam": 0.2}
+
+
+def test_grid_search_widens_an_edge_by_the_grids_own_step_or_ratio():
+    g = casestudy.grid_search(lambda lam: -abs(lam - 1.5), {"lam": (0.2, 0.4, 0.6, 0.8, 1.0)})
+    assert g.best == {"lam": 1.4} or g.best == {"lam": 1.6}  # widened by 0.2 a step, three steps at most
+    assert g.grid["lam"][-3:] == (1.2, 1.4, 1.6) and len(g.scores) == 8
+    with pytest.warns(UserWarning, match="lam=0.025 is at the edge"):
+        low = casestudy.grid_search(lambda lam: -lam, {"lam": (0.2, 0.4, 0.6)})
+    assert low.grid["lam"][:4] == (0.025, 0.05, 0.1, 0.2)  # 0.2 - 0.2 = 0 is no lambda: it halves instead
+    assert low.best == {"lam": 0.025} and low.at_edge == ("lam",)
+    d = casestudy.grid_search(lambda density: density, {"density": (0.1, 0.2, 0.5)})
+    assert d.grid["density"] == (0.1, 0.2, 0.5, 1.0) and d.best == {"density": 1.0} and d.at_edge == ()
+    # TIES' two axes: widening density scores the new density with every lambda
+    t = casestudy.grid_search(lambda density, lam: density - abs(lam - 1.0),
+                              {"density": (0.1, 0.2, 0.5), "lam": (0.6, 1.0, 1.4)})
+    assert t.best == {"density": 1.0, "lam": 1.0} and len(t.scores) == 12
+
+
+def test_grid_search_warns_when_the_best_stays_at_an_edge():
+    with pytest.warns(UserWarning, match=r"toy: TIES: the best lam=0.8 is at the edge of the grid searched "
+                                         r"\[0.2, 0.4, 0.6, 0.8\] after widening it 1 times"):
+        g = casestudy.grid_search(lambda lam: lam, {"lam": (0.2, 0.4, 0.6)}, widen=1, what="toy: TIES")
+    assert g.at_edge == ("lam",)
+    with pytest.warns(UserWarning, match="widening it 0 times"):
+        casestudy.grid_search(lambda lam: lam, {"lam": (0.2, 0.4)}, widen=0)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        casestudy.grid_search(lambda lam: lam, {"lam": (0.5,)})  # one value: nothing was searched, nothing to warn
+        casestudy.grid_search(lambda density: density, {"density": (0.5, 1.0)})  # 1 is as dense as it gets
+
+
+@pytest.mark.parametrize("grid, kwargs, match", [
+    ({"beta": (1,)}, {}, r"grid axes \['beta'\] are unknown"),
+    ({"lam": ()}, {}, r"grid\['lam'\] is empty"),
+    ({}, {}, "grid must map each axis"),
+    ({"lam": (1,)}, {"widen": -1}, "widen must be a non-negative int"),
+])
+def test_grid_search_bad_arguments(grid, kwargs, match):
+    with pytest.raises((TypeError, ValueError), match=match):
+        casestudy.grid_search(lambda **p: 0.0, grid, **kwargs)
+
+
+def test_grid_search_refuses_a_score_that_is_not_a_number():
+    with pytest.raises(ValueError, match=r"s: the score at \{'lam': 0.5\} is nan"):
+        casestudy.grid_search(lambda lam: float("nan"), {"lam": (0.5,)}, what="s")
+
+
+def test_rows_report_how_many_configurations_validation_scored(toy_table):
+    _, table = toy_table
+    # SMALL: lambda grid (0.5, 1.0) -> widened at most 3 values per edge; TIES and stitch have single values
+    assert 2 <= table.loc["task arithmetic", "configs"] <= 8
+    assert table.loc["TIES", "configs"] == 1 and table.loc["Localize-and-Stitch (dataless)", "configs"] == 1
+    assert table.loc["Localize-and-Stitch (trained)", "configs"] == 1  # the dataless row's search
+    assert table.loc["pretrained", "configs"] == 0 and table.loc["uniform averaging", "configs"] == 0
+    assert "configs scored" in casestudy.pretty(table).columns
