@@ -1006,7 +1006,7 @@ def plot_table(table, what: str = "tasks"):
 
 def _task_columns(table) -> list[str]:
     return [c for c in table.columns if c not in ("average", "average_std", "normalized", "normalized_std",
-                                                   "storage_mb", "runs", "choice")]
+                                                   "storage_mb", "runs", "configs", "choice")]
 
 
 # ----------------------------------------------------------------------------- plots

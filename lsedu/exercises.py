@@ -18,6 +18,7 @@ exercise id            the student writes                                     no
 =====================  ====================================================  ========
 ``uniform_soup``       ``f(models) -> dict``, the element-wise mean           02
 ``greedy_soup``        ``f(models, val_accuracy) -> list[int]``               02
+``paired_bootstrap``   ``f(a, b, resamples, rng) -> (diff, low, high)``       02
 ``task_vector``        ``f(pretrained, finetuned) -> dict``, ft - pre         03
 ``pick_lambda``        ``f(grid, val_score, test_score) -> float``            03
 ``elect_sign``         ``f(trimmed) -> dict`` of -1/0/+1                      04
@@ -38,11 +39,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import combinations
 
+import numpy as np
 import torch
 
 from .analysis import mask_overlap
 from .localize_stitch import localize_dataless, stitch
 from .soups import greedy_soup, uniform_soup
+from .stats import paired_bootstrap
 from .ties import disjoint_mean, elect_sign
 from .topk import count_for_density
 
@@ -106,6 +109,8 @@ def _snapshot(x):
     """A deep copy of the tensors inside lists, tuples and dicts (the rest is kept as is)."""
     if isinstance(x, torch.Tensor):
         return x.clone()
+    if isinstance(x, np.ndarray):
+        return x.copy()
     if isinstance(x, Mapping):
         return {k: _snapshot(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
@@ -118,6 +123,9 @@ def _find_change(before, after, path: str) -> str | None:
     if isinstance(before, torch.Tensor):
         same = (isinstance(after, torch.Tensor) and after.shape == before.shape and after.dtype == before.dtype
                 and torch.equal(after, before))
+        return None if same else path
+    if isinstance(before, np.ndarray):
+        same = isinstance(after, np.ndarray) and after.shape == before.shape and np.array_equal(after, before)
         return None if same else path
     if isinstance(before, Mapping):
         if not isinstance(after, Mapping) or list(after.keys()) != list(before.keys()):
@@ -387,6 +395,105 @@ def check_greedy_soup(student, *, hidden: bool = False) -> None:
             _fail(f"on {case} your soup keeps models {out} (in that order) but the greedy rule keeps "
                   f"{expected}; the models' own scores are {individual}")
     _done("greedy_soup", len(cases))
+
+
+def _bootstrap_cases(seed: int, extra: int) -> list[tuple[str, tuple]]:
+    rng = np.random.default_rng(seed)
+
+    def pair(n, p_b, gain, loss=0.0):
+        """b right with chance p_b; a right where b is, except on ``loss`` of b's items, plus ``gain`` of b's misses."""
+        b = rng.random(n) < p_b
+        a = b.copy()
+        a[b & (rng.random(n) < loss)] = False
+        a[~b & (rng.random(n) < gain)] = True
+        return a.astype(float), b.astype(float)
+
+    same = (rng.random(150) < 0.7).astype(float)
+    cases = [
+        ("two methods right on the same items: the difference and its interval are 0", (same, same.copy())),
+        ("a right wherever b is, and on some of b's misses: a is ahead", pair(400, 0.7, 0.3)),
+        ("methods that agree on most items: pairing makes the interval narrow", pair(500, 0.8, 0.08, 0.05)),
+        ("b ahead of a: a negative difference", pair(300, 0.6, 0.05, 0.15)),
+        ("40 items: a wide interval", pair(40, 0.5, 0.3, 0.2)),
+    ]
+    for j in range(extra):
+        n = int(rng.integers(30, 800))
+        cases.append((f"random pair of methods on {n} items", pair(n, rng.uniform(0.3, 0.9), rng.uniform(0, 0.3),
+                                                                     rng.uniform(0, 0.3))))
+    return cases
+
+
+def _is_number(v) -> bool:
+    if isinstance(v, bool):
+        return False
+    if isinstance(v, np.ndarray):
+        return v.size == 1
+    if isinstance(v, torch.Tensor):
+        return v.numel() == 1
+    return isinstance(v, numbers.Real)
+
+
+def _three_numbers(out, case: Case) -> tuple[float, float, float]:
+    if not isinstance(out, (tuple, list)) or len(out) != 3 or not all(_is_number(v) for v in out):
+        kind = type(out).__name__ if not isinstance(out, (tuple, list)) else f"a {type(out).__name__} of {len(out)}"
+        _fail(f"on {case} your function returned {kind}; return three numbers (difference, low, high)")
+    return tuple(float(v) for v in out)
+
+
+def check_paired_bootstrap(student, *, hidden: bool = False) -> None:
+    """Check ``student(a, b, resamples, rng) -> (diff, low, high)``: a paired bootstrap interval (notebook 02).
+
+    ``a`` and ``b`` are 0/1 arrays, two methods' results on the same items; ``diff`` must be
+    ``mean(a) - mean(b)`` and ``(low, high)`` the central 95% of the differences over ``resamples``
+    resamples of the items, drawn with replacement from ``rng`` (a ``numpy.random.Generator``), the
+    same items for both methods. The endpoints are random, so they are compared with
+    :func:`lsedu.stats.paired_bootstrap` on many more resamples, within 7% of the interval's width
+    plus one step of ``1 / len(a)`` (several times the resampling noise, and less than half of what a
+    90% interval or unpaired draws would be off by); the same seed must give the same answer.
+
+    Explained in notebook 02 (02_model_soups.ipynb).
+    """
+    cases = _cases(student, "paired_bootstrap", _bootstrap_cases, hidden, 0, 5, ("a", "b", "resamples", "rng"))
+    seed = HIDDEN_SEED if hidden else VISIBLE_SEED
+    resamples = 4000
+    for case in cases:
+        a, b = case.args
+        case.args = (a, b, resamples, np.random.default_rng(seed + case.number))
+        diff, low, high = _three_numbers(_call(student, case), case)
+        truth = float(a.mean() - b.mean())
+        ref = paired_bootstrap({"x": a}, {"x": b}, resamples=20_000, seed=seed + case.number)
+        if not math.isclose(diff, truth, abs_tol=1e-9):
+            hint = " (in points? return fractions)" if math.isclose(diff, 100 * truth, rel_tol=1e-6) else ""
+            _fail(f"on {case} your difference is {_fmt(diff)} but mean(a) - mean(b) = {_fmt(truth)}{hint}")
+        if not low <= high:
+            _fail(f"on {case} your interval [{_fmt(low)}, {_fmt(high)}] has low > high")
+        width = ref.high - ref.low
+        tol = 0.07 * width + 1 / len(a)  # the resampled differences are multiples of 1/len(a)
+        if width == 0:
+            if low != 0 or high != 0:
+                _fail(f"on {case} the two methods are right on exactly the same items, so when the same items "
+                      f"are drawn for a and b every resample's difference is 0; your interval is "
+                      f"[{_fmt(low)}, {_fmt(high)}]")
+        elif abs(low - ref.low) > tol or abs(high - ref.high) > tol:
+            ratio = (high - low) / width
+            if ratio < 0.05:
+                why = ("it has no width: draw the items *with* replacement (a permutation of all of them gives "
+                       "the same mean every time)")
+            elif ratio > 1.25:
+                why = (f"it is {ratio:.1f} times as wide as the paired interval: draw the *same* items for a and b "
+                       "and take the difference on each draw")
+            elif ratio < 0.93:
+                why = f"it is {ratio:.2f} times as wide: keep the central 95% (quantiles 0.025 and 0.975)"
+            else:
+                why = "it is not centred where the resampled differences are: take their 0.025 and 0.975 quantiles"
+            _fail(f"on {case} your interval is [{_fmt(low)}, {_fmt(high)}] but a paired bootstrap gives about "
+                  f"[{_fmt(ref.low)}, {_fmt(ref.high)}] (+- {_fmt(tol)}); {why}")
+        rerun = (a, b, resamples, np.random.default_rng(seed + case.number))
+        again = _call(student, Case(case.number, case.label, rerun, case.names))
+        if _three_numbers(again, case) != (diff, low, high) and width > 0:
+            _fail(f"on {case} two calls with generators seeded alike gave different intervals: draw every random "
+                  "number from the rng argument (e.g. rng.integers(0, n, size=n))")
+    _done("paired_bootstrap", len(cases))
 
 
 # --- notebook 03: task arithmetic ----------------------------------------------------------------
@@ -841,6 +948,7 @@ def check_overlap_prediction(answer, masks: Mapping[str, Mapping[str, torch.Tens
 CHECKS: dict[str, Callable[..., None]] = {
     "uniform_soup": check_uniform_soup,
     "greedy_soup": check_greedy_soup,
+    "paired_bootstrap": check_paired_bootstrap,
     "task_vector": check_task_vector,
     "pick_lambda": check_pick_lambda,
     "elect_sign": check_elect_sign,

@@ -183,3 +183,21 @@ def format_difference(d: PairedDifference, digits: int = 1) -> str:
     if any(math.isnan(v) for v in (d.diff, d.low, d.high)):
         return "n/a"
     return f"{100 * d.diff:+.{digits}f} [{100 * d.low:+.{digits}f}, {100 * d.high:+.{digits}f}]"
+
+
+def describe(d: PairedDifference, other: str, digits: int = 1) -> str:
+    """The comparison ``a - b`` in words, as the prose states it, with ``other`` naming ``b``.
+
+    ``"ahead of the best single fine-tune by 2.1 points (95% interval +0.8 to +3.4)"``,
+    ``"behind ... by ..."`` or ``"tied with ... (difference +0.4 points, 95% interval -0.9 to +1.7)"``:
+    the words follow the interval, never the sign of the difference alone.
+
+    Explained in notebook 02 (02_model_soups.ipynb).
+    """
+    if not isinstance(d, PairedDifference):
+        raise TypeError(f"d must be a PairedDifference, got {type(d).__name__}")
+    interval = f"{100 * d.level:.0f}% interval {100 * d.low:+.{digits}f} to {100 * d.high:+.{digits}f}"
+    if d.verdict == "tie":
+        return f"tied with {other} (difference {100 * d.diff:+.{digits}f} points, {interval})"
+    side = "ahead of" if d.verdict == "a ahead" else "behind"
+    return f"{side} {other} by {abs(100 * d.diff):.{digits}f} points ({interval})"

@@ -44,3 +44,24 @@ def get_device(prefer: str | None = None) -> torch.device:
     if torch.cuda.is_available():
         return torch.device("cuda")
     return torch.device("cpu")
+
+
+def glue(name: str, value, display: bool = False):
+    """Make ``value`` available to the notebook's prose as ``{glue:text}`name```: myst-nb's ``glue``.
+
+    The book is built by myst-nb, which replaces each ``{glue:text}`name``` in
+    a markdown cell with the value this run glued under ``name``, so a number
+    or a verdict in the prose is the one the code computed. Where myst-nb is
+    not installed (a plain Jupyter session), nothing is shown and ``value`` is
+    returned, so a notebook runs either way. Returns ``value``.
+
+    Explained in notebook 02 (02_model_soups.ipynb).
+    """
+    if not isinstance(name, str) or not name.isidentifier():
+        raise ValueError(f"name must be an identifier (letters, digits, _), got {name!r}")
+    try:
+        from myst_nb import glue as myst_glue
+    except ImportError:
+        return value
+    myst_glue(name, value, display=display)
+    return value

@@ -592,4 +592,6 @@ def test_rows_report_how_many_configurations_validation_scored(toy_table):
     assert table.loc["TIES", "configs"] == 1 and table.loc["Localize-and-Stitch (dataless)", "configs"] == 1
     assert table.loc["Localize-and-Stitch (trained)", "configs"] == 1  # the dataless row's search
     assert table.loc["pretrained", "configs"] == 0 and table.loc["uniform averaging", "configs"] == 0
-    assert "configs scored" in casestudy.pretty(table).columns
+    pretty = casestudy.pretty(table)
+    assert "configs scored" in pretty.columns and list(pretty.columns[:4]) == ["a", "b", "c", "average"]
+    assert list(casestudy.multitask_comparison(table).columns) == ["a", "b", "c", "average"]  # no "configs" task

@@ -10,6 +10,7 @@ import itertools
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -37,6 +38,22 @@ def greedy_ok(models, val_accuracy):
         if s > best:
             kept, best = kept + [i], s
     return kept
+
+
+def bootstrap_ok(a, b, resamples, rng):
+    n = len(a)
+    diffs = []
+    for _ in range(resamples):
+        idx = rng.integers(0, n, size=n)  # the same items for both methods, with replacement
+        diffs.append(a[idx].sum() / n - b[idx].sum() / n)
+    diffs.sort()
+    return float(a.mean() - b.mean()), float(np.quantile(diffs, 0.025)), float(np.quantile(diffs, 0.975))
+
+
+def bootstrap_of_differences(a, b, resamples, rng):  # another correct form: resample the per-item differences
+    d = a - b
+    means = rng.choice(d, size=(resamples, len(d)), replace=True).mean(1)
+    return d.mean(), *np.percentile(means, [2.5, 97.5])
 
 
 def task_vector_ok(pretrained, finetuned):
@@ -110,6 +127,7 @@ def stitch_ok(pretrained, task_vectors, masks):
 CORRECT = {
     "uniform_soup": soup_ok,
     "greedy_soup": greedy_ok,
+    "paired_bootstrap": bootstrap_ok,
     "task_vector": task_vector_ok,
     "pick_lambda": pick_lambda_ok,
     "elect_sign": elect_ok,
@@ -379,6 +397,44 @@ def stitch_forgets_pretrained(pretrained, task_vectors, masks):
     return {n: v - pretrained[n] for n, v in stitch_ok(pretrained, task_vectors, masks).items()}
 
 
+def bootstrap_unpaired(a, b, resamples, rng):
+    n = len(a)
+    d = [a[rng.integers(0, n, n)].mean() - b[rng.integers(0, n, n)].mean() for _ in range(resamples)]
+    return a.mean() - b.mean(), np.quantile(d, 0.025), np.quantile(d, 0.975)
+
+
+def bootstrap_unpaired_but_equal_when_identical(a, b, resamples, rng):
+    if np.array_equal(a, b):
+        return 0.0, 0.0, 0.0
+    return bootstrap_unpaired(a, b, resamples, rng)
+
+
+def bootstrap_no_replacement(a, b, resamples, rng):
+    n = len(a)
+    d = [(a[p] - b[p]).mean() for p in (rng.permutation(n) for _ in range(resamples))]
+    return a.mean() - b.mean(), np.quantile(d, 0.025), np.quantile(d, 0.975)
+
+
+def bootstrap_90(a, b, resamples, rng):
+    d = rng.choice(a - b, size=(resamples, len(a))).mean(1)
+    return (a - b).mean(), np.quantile(d, 0.05), np.quantile(d, 0.95)
+
+
+def bootstrap_global_rng(a, b, resamples, rng):
+    d = np.random.default_rng().choice(a - b, size=(resamples, len(a))).mean(1)
+    return (a - b).mean(), np.quantile(d, 0.025), np.quantile(d, 0.975)
+
+
+def bootstrap_in_points(a, b, resamples, rng):
+    diff, low, high = bootstrap_of_differences(a, b, resamples, rng)
+    return 100 * diff, 100 * low, 100 * high
+
+
+def bootstrap_sorts_input(a, b, resamples, rng):
+    a.sort()
+    return bootstrap_of_differences(a, b, resamples, rng)
+
+
 def stitch_in_place(pretrained, task_vectors, masks):
     new = stitch_ok(pretrained, task_vectors, masks)
     for n in pretrained:
@@ -404,6 +460,15 @@ WRONG = [
     ("greedy_soup", greedy_no_sort, ["case 2 (the best model is not the first)", "keeps models [0"]),
     ("greedy_soup", greedy_adds_ties, ["does not add the model", "keeps models [0, 1"]),
     ("greedy_soup", greedy_running_average, ["not a uniform average", "0.25 on model"]),
+    ("paired_bootstrap", bootstrap_unpaired, ["case 1 (two methods right on the same items",
+                                              "when the same items are drawn for a and b"]),
+    ("paired_bootstrap", bootstrap_unpaired_but_equal_when_identical,
+     ["case 2 (a right wherever b is", "2.0 times as wide as the paired", "the *same* items for a and b"]),
+    ("paired_bootstrap", bootstrap_no_replacement, ["case 2", "it has no width", "*with* replacement"]),
+    ("paired_bootstrap", bootstrap_90, ["case 2", "times as wide: keep the central 95%"]),
+    ("paired_bootstrap", bootstrap_global_rng, ["generators seeded alike gave different intervals", "rng argument"]),
+    ("paired_bootstrap", bootstrap_in_points, ["case 2", "(in points? return fractions)"]),
+    ("paired_bootstrap", bootstrap_sorts_input, ["modified its input a"]),
     ("task_vector", task_vector_reversed, ["differs from finetuned - pretrained", "case 1 (one tensor)", "'w'[0, 0]"]),
     ("task_vector", task_vector_in_place, ["modified its input finetuned['w']"]),
     ("pick_lambda", pick_uses_test, ["called test_score", "case 1"]),

@@ -162,3 +162,16 @@ def test_bad_inputs_name_the_argument(a, b, kwargs, match):
 def test_non_mappings_are_refused():
     with pytest.raises(TypeError, match="a and b must map each task"):
         paired_bootstrap([1, 0], [1, 0])
+
+
+def test_describe_says_ahead_behind_or_tied_with_the_interval():
+    from lsedu.stats import describe
+
+    mk = lambda diff, low, high: PairedDifference(diff, low, high, 0.95, 1000, 100, 1)  # noqa: E731
+    assert describe(mk(0.021, 0.008, 0.034), "the best single fine-tune") == \
+        "ahead of the best single fine-tune by 2.1 points (95% interval +0.8 to +3.4)"
+    assert describe(mk(-0.021, -0.034, -0.008), "b") == "behind b by 2.1 points (95% interval -3.4 to -0.8)"
+    assert describe(mk(0.004, -0.009, 0.017), "b") == \
+        "tied with b (difference +0.4 points, 95% interval -0.9 to +1.7)"
+    with pytest.raises(TypeError, match="PairedDifference"):
+        describe("x", "b")

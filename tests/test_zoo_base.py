@@ -412,3 +412,11 @@ def test_interrupted_training_resumes_to_the_same_weights(toy, private_cache, mo
     steps = len(toy._steps(list(toy.tasks) if kind == "multitask" else ["a"], toy.finetune_config))
     assert len(calls) == steps - 39  # only the steps not yet done ran again
     assert not list(private_cache.rglob("*.partial.pt"))
+
+
+def test_glue_returns_the_value_and_refuses_a_bad_name():
+    import lsedu.utils
+
+    assert lsedu.utils.glue("soup_verdict", "tied") == "tied"
+    with pytest.raises(ValueError, match="name must be an identifier"):
+        lsedu.utils.glue("two words", 1)
