@@ -848,6 +848,24 @@ def ordering_steps(table, papers: Sequence[str] = PAPERS_ORDER):
                          "step": [_verdict(d, "ahead", "") for d in diffs]}).round(1)
 
 
+def ordering_text(steps) -> str:
+    """:func:`ordering_steps` as one line: ``"TIES ≈ Localize-and-Stitch (dataless) > task arithmetic ≈ ..."``.
+
+    ``>`` marks a step whose paired 95% interval excludes zero, ``≈`` a tie;
+    where the setup scores no single examples (no intervals), ``, then``.
+
+    Explained in notebooks 06, 07 and 08 (06_case_language.ipynb, 07_case_vision.ipynb,
+    08_case_causal_lm.ipynb).
+    """
+    if not isinstance(steps, pd.DataFrame) or not {"ours", "step"} <= set(steps.columns):
+        raise TypeError("steps must be the DataFrame of ordering_steps, with its 'ours' and 'step' columns")
+    rows = list(steps["ours"])
+    out = rows[0]
+    for row, step in zip(rows[1:], steps["step"]):
+        out += {"ahead": " > ", "tie": " ≈ "}.get(step, ", then ") + row
+    return out
+
+
 # ----------------------------------------------------------------------------- paired intervals
 
 #: Bootstrap resamples of every paired interval of a table (:func:`lsedu.stats.paired_bootstrap`), and its seed.

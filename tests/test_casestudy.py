@@ -595,3 +595,17 @@ def test_rows_report_how_many_configurations_validation_scored(toy_table):
     pretty = casestudy.pretty(table)
     assert "configs scored" in pretty.columns and list(pretty.columns[:4]) == ["a", "b", "c", "average"]
     assert list(casestudy.multitask_comparison(table).columns) == ["a", "b", "c", "average"]  # no "configs" task
+
+
+def test_ordering_text_marks_real_steps_and_ties(toy_table):
+    _, table = toy_table
+    steps = casestudy.ordering_steps(table)
+    text = casestudy.ordering_text(steps)
+    marks = [{"ahead": ">", "tie": "≈"}[v] for v in steps["step"].iloc[:-1]]
+    expected = steps["ours"].iloc[0] + "".join(f" {m} {r}" for m, r in zip(marks, steps["ours"].iloc[1:]))
+    assert text == expected
+    fake = pd.DataFrame({"ours": ["A", "B", "C"], "step": ["ahead", "tie", ""]})
+    assert casestudy.ordering_text(fake) == "A > B ≈ C"
+    assert casestudy.ordering_text(fake.assign(step=["", "", ""])) == "A, then B, then C"
+    with pytest.raises(TypeError, match="ordering_steps"):
+        casestudy.ordering_text(["A", "B"])
