@@ -185,6 +185,14 @@ def format_difference(d: PairedDifference, digits: int = 1) -> str:
     return f"{100 * d.diff:+.{digits}f} [{100 * d.low:+.{digits}f}, {100 * d.high:+.{digits}f}]"
 
 
+def _points(x: float, digits: int) -> str:
+    """``x`` in signed points, with more digits where ``digits`` would round a non-zero value to 0 ("-0.0")."""
+    for k in range(digits, digits + 3):
+        if round(100 * x, k) != 0 or x == 0:
+            break
+    return f"{100 * x:+.{k}f}"
+
+
 def describe(d: PairedDifference, other: str, digits: int = 1) -> str:
     """The comparison ``a - b`` in words, as the prose states it, with ``other`` naming ``b``.
 
@@ -196,7 +204,7 @@ def describe(d: PairedDifference, other: str, digits: int = 1) -> str:
     """
     if not isinstance(d, PairedDifference):
         raise TypeError(f"d must be a PairedDifference, got {type(d).__name__}")
-    interval = f"{100 * d.level:.0f}% interval {100 * d.low:+.{digits}f} to {100 * d.high:+.{digits}f}"
+    interval = f"{100 * d.level:.0f}% interval {_points(d.low, digits)} to {_points(d.high, digits)}"
     if d.verdict == "tie":
         return f"tied with {other} (difference {100 * d.diff:+.{digits}f} points, {interval})"
     side = "ahead of" if d.verdict == "a ahead" else "behind"

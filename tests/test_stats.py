@@ -173,5 +173,8 @@ def test_describe_says_ahead_behind_or_tied_with_the_interval():
     assert describe(mk(-0.021, -0.034, -0.008), "b") == "behind b by 2.1 points (95% interval -3.4 to -0.8)"
     assert describe(mk(0.004, -0.009, 0.017), "b") == \
         "tied with b (difference +0.4 points, 95% interval -0.9 to +1.7)"
+    assert describe(mk(0.015, -0.0004, 0.03), "b") == \
+        "tied with b (difference +1.5 points, 95% interval -0.04 to +3.0)"  # never "-0.0"
+    assert describe(mk(0.0, 0.0, 0.0), "b") == "tied with b (difference +0.0 points, 95% interval +0.0 to +0.0)"
     with pytest.raises(TypeError, match="PairedDifference"):
         describe("x", "b")
