@@ -182,7 +182,7 @@ def format_difference(d: PairedDifference, digits: int = 1) -> str:
         raise TypeError(f"d must be a PairedDifference, got {type(d).__name__}")
     if any(math.isnan(v) for v in (d.diff, d.low, d.high)):
         return "n/a"
-    return f"{100 * d.diff:+.{digits}f} [{100 * d.low:+.{digits}f}, {100 * d.high:+.{digits}f}]"
+    return f"{100 * d.diff:+.{digits}f} [{_points(d.low, digits)}, {_points(d.high, digits)}]"
 
 
 def _points(x: float, digits: int) -> str:
