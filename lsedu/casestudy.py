@@ -61,7 +61,7 @@ from .config import Config, boolean, checked, choice, integer, integers, number,
 from .drop_rescale import dare_merge
 from .localize_stitch import localize_trained, stitch, stitch_dataless
 from .soups import uniform_soup
-from .stats import PairedDifference, paired_bootstrap
+from .stats import PairedDifference, describe, paired_bootstrap
 from .task_vectors import TaskVector
 from .ties import ties_merge
 from .zoo.base import normalized_accuracy
@@ -914,6 +914,22 @@ def paired_difference(table, a: str, b: str) -> PairedDifference | None:
     if sa is None or sb is None:
         return None
     return paired_bootstrap(sa, sb, resamples=RESAMPLES, seed=BOOTSTRAP_SEED)
+
+
+def verdict(table, a: str, b: str, name: str | None = None) -> str:
+    """Row ``a`` against row ``b`` in words, from their paired interval: what the case studies' prose pastes.
+
+    ``"ahead of task arithmetic by 2.7 points (95% interval +1.7 to +3.8)"``, ``"behind ..."`` or
+    ``"tied with ..."`` (:func:`lsedu.stats.describe`), with ``name`` (default: ``b``) naming row ``b``.
+    Where the setup scores no single examples there is no interval, and it says so.
+
+    Explained in notebooks 06, 07 and 08 (06_case_language.ipynb, 07_case_vision.ipynb,
+    08_case_causal_lm.ipynb).
+    """
+    d = paired_difference(table, a, b)
+    if d is None:
+        return f"compared with {name or b} without an interval (this setup scores no single examples)"
+    return describe(d, name or b)
 
 
 def _interval(d: PairedDifference | None) -> str:

@@ -609,3 +609,15 @@ def test_ordering_text_marks_real_steps_and_ties(toy_table):
     assert casestudy.ordering_text(fake.assign(step=["", "", ""])) == "A, then B, then C"
     with pytest.raises(TypeError, match="ordering_steps"):
         casestudy.ordering_text(["A", "B"])
+
+
+def test_verdict_words_the_paired_interval(toy_table):
+    from lsedu.stats import describe
+
+    _, table = toy_table
+    d = casestudy.paired_difference(table, "TIES", "task arithmetic")
+    assert casestudy.verdict(table, "TIES", "task arithmetic") == describe(d, "task arithmetic")
+    assert casestudy.verdict(table, "TIES", "task arithmetic", "TA") == describe(d, "TA")
+    t2 = table.copy()
+    t2.attrs["runs"] = table.attrs["runs"].assign(correct=None)
+    assert "without an interval" in casestudy.verdict(t2, "TIES", "task arithmetic")
