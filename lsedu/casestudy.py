@@ -61,7 +61,7 @@ from .config import Config, boolean, checked, choice, integer, integers, number,
 from .drop_rescale import dare_merge
 from .localize_stitch import localize_trained, stitch, stitch_dataless
 from .soups import uniform_soup
-from .stats import PairedDifference, describe, paired_bootstrap
+from .stats import PairedDifference, describe, format_interval, paired_bootstrap
 from .task_vectors import TaskVector
 from .ties import ties_merge
 from .zoo.base import normalized_accuracy
@@ -933,7 +933,7 @@ def verdict(table, a: str, b: str, name: str | None = None) -> str:
 
 
 def _interval(d: PairedDifference | None) -> str:
-    return "" if d is None else f"[{100 * d.low:+.1f}, {100 * d.high:+.1f}]"
+    return "" if d is None else format_interval(d)
 
 
 def _verdict(d: PairedDifference | None, ahead: str, behind: str) -> str:

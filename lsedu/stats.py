@@ -182,7 +182,17 @@ def format_difference(d: PairedDifference, digits: int = 1) -> str:
         raise TypeError(f"d must be a PairedDifference, got {type(d).__name__}")
     if any(math.isnan(v) for v in (d.diff, d.low, d.high)):
         return "n/a"
-    return f"{100 * d.diff:+.{digits}f} [{_points(d.low, digits)}, {_points(d.high, digits)}]"
+    return f"{100 * d.diff:+.{digits}f} {format_interval(d, digits)}"
+
+
+def format_interval(d: PairedDifference, digits: int = 1) -> str:
+    """``"[+0.4, +2.0]"``: the interval in points (never "-0.0": a small endpoint gets more digits).
+
+    Explained in notebook 06 (06_case_language.ipynb).
+    """
+    if not isinstance(d, PairedDifference):
+        raise TypeError(f"d must be a PairedDifference, got {type(d).__name__}")
+    return f"[{_points(d.low, digits)}, {_points(d.high, digits)}]"
 
 
 def _points(x: float, digits: int) -> str:

@@ -142,6 +142,9 @@ def test_format_difference():
     assert format_difference(d) == "+1.2 [+0.4, +2.0]"
     with pytest.raises(TypeError, match="PairedDifference"):
         format_difference(0.1)
+    from lsedu.stats import format_interval
+
+    assert format_interval(PairedDifference(0.01, -0.0004, 0.02, 0.95, 100, 10, 1)) == "[-0.04, +2.0]"
 
 
 @pytest.mark.parametrize("a, b, kwargs, match", [
