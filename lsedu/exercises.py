@@ -449,7 +449,8 @@ def check_paired_bootstrap(student, *, hidden: bool = False) -> None:
     same items for both methods. The endpoints are random, so they are compared with
     :func:`lsedu.stats.paired_bootstrap` on many more resamples, within 7% of the interval's width
     plus one step of ``1 / len(a)`` (several times the resampling noise, and less than half of what a
-    90% interval or unpaired draws would be off by); the same seed must give the same answer.
+    90% interval or unpaired draws would be off by). Every random number must come from ``rng`` (its
+    state must move), and the same seed must give the same answer.
 
     Explained in notebook 02 (02_model_soups.ipynb).
     """
@@ -458,8 +459,13 @@ def check_paired_bootstrap(student, *, hidden: bool = False) -> None:
     resamples = 4000
     for case in cases:
         a, b = case.args
-        case.args = (a, b, resamples, np.random.default_rng(seed + case.number))
+        rng = np.random.default_rng(seed + case.number)
+        case.args = (a, b, resamples, rng)
+        state = rng.bit_generator.state
         diff, low, high = _three_numbers(_call(student, case), case)
+        if rng.bit_generator.state == state and not np.array_equal(a, b):  # identical inputs need no draws
+            _fail(f"on {case} your function drew nothing from the rng argument: draw every random number from it "
+                  "(e.g. rng.integers(0, n, size=n)), so that the same seed gives the same interval")
         truth = float(a.mean() - b.mean())
         ref = paired_bootstrap({"x": a}, {"x": b}, resamples=20_000, seed=seed + case.number)
         if not math.isclose(diff, truth, abs_tol=1e-9):
