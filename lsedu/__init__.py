@@ -16,7 +16,8 @@ module                 what                                             notebook
                        ``ties_merge``
 ``drop_rescale``       ``dare``, ``dare_merge``                          04
 ``localize_stitch``    ``localize_dataless``, ``localize_trained``,      05
-                       ``stitch``, ``stitch_dataless``
+                       ``stitch``, ``stitch_dataless``,
+                       ``localize_random`` (a control)
 ``analysis``           ``mask_overlap``, ``density_per_layer``,          04, 05
                        ``sign_conflicts``, ``storage``
 ``topk``               exact global top-k in O(largest tensor) memory    04, 05
@@ -47,7 +48,7 @@ from .analysis import (
     storage,
 )
 from .drop_rescale import dare, dare_merge
-from .localize_stitch import localize_dataless, localize_trained, stitch, stitch_dataless
+from .localize_stitch import localize_dataless, localize_random, localize_trained, stitch, stitch_dataless
 from .soups import GreedySoup, greedy_soup, uniform_soup
 from .arithmetic import DEFAULT_GRID, LambdaSearch, pick_lambda, task_arithmetic
 from .task_vectors import TaskVector, cosine_similarity, select
@@ -78,6 +79,7 @@ __all__ = [
     "greedy_soup",
     "kth_largest",
     "localize_dataless",
+    "localize_random",
     "localize_trained",
     "mask_overlap",
     "per_tensor_topk_mask",

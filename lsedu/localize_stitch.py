@@ -18,6 +18,8 @@ training differs (notebook 05 lists how; the book's page *Sources and licences*,
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Literal
 
@@ -51,6 +53,28 @@ def localize_dataless(task_vector: Mapping[str, torch.Tensor], density: float = 
     """
     check_task_vector(task_vector, "task_vector")
     return global_topk_mask(task_vector, density, arg="task_vector")
+
+
+def localize_random(task_vector: Mapping[str, torch.Tensor], density: float = 0.01, seed: int = 0) -> Mask:
+    """A control, not a method: ``k`` entries of the task vector chosen uniformly at random, none by size.
+
+    ``k`` is :func:`localize_dataless`'s count for ``density``, so the two
+    masks have exactly the same size; ``seed`` fixes the draw. Whatever a
+    trained or dataless mask does better than this one is what its choice of
+    entries is worth: a mask of the same size with no information in it.
+
+    Explained in notebook 05 (05_localize_and_stitch.ipynb).
+    """
+    check_task_vector(task_vector, "task_vector")
+    density = check_arg(density, "density", _DENSITY)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    sizes = [t.numel() for t in task_vector.values()]
+    n = sum(sizes)
+    chosen = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:count_for_density(n, density)]
+    flat = torch.zeros(n, dtype=torch.bool)
+    flat[chosen] = True
+    return {name: part.reshape(t.shape) for (name, t), part in zip(task_vector.items(), flat.split(sizes))}
 
 
 def _check_model_inputs(model, base, task_vector, loss_fn, loader) -> None:
@@ -88,6 +112,7 @@ _NON_NEGATIVE = number(0, type_error=True)
 _EPOCHS = integer(low=1)
 _BATCHES_PER_STEP = optional(integer(low=1))
 _OPTIMIZER = choice("sgd", "adam")
+_CHOOSE = choice("best", "last")
 
 
 def localize_trained(
@@ -105,6 +130,8 @@ def localize_trained(
     batches_per_step: int | None = 1,
     optimizer: Literal["sgd", "adam"] = "adam",
     target_density: float | None = None,
+    validate: Callable[[Mask], float] | None = None,
+    choose: Literal["best", "last"] = "best",
     device: str | torch.device | None = None,
     progress: bool = True,
 ) -> tuple[Mask, list[dict]]:
@@ -132,6 +159,12 @@ def localize_trained(
       which needs a very large ``lr`` because those gradients are tiny.
     * ``target_density``: instead of rounding, keep exactly the top
       ``target_density`` fraction of logits.
+    * ``validate(mask) -> score``: called with the epoch's mask after every
+      epoch (higher is better, e.g. accuracy on held-out data), and logged.
+      With ``choose="best"`` the mask returned is the epoch's with the best
+      score, the earliest on a tie (early stopping: train on the training
+      split, choose on validation); with ``choose="last"``, or without
+      ``validate``, it is the last epoch's.
 
     The model is evaluated in ``eval()`` mode (no dropout, no batch-norm
     updates) and restored to its mode afterwards. Returns ``(mask, log)``:
@@ -150,6 +183,9 @@ def localize_trained(
     check_arg(epochs, "epochs", _EPOCHS)
     check_arg(batches_per_step, "batches_per_step", _BATCHES_PER_STEP)
     check_arg(optimizer, "optimizer", _OPTIMIZER)
+    if validate is not None and not callable(validate):
+        raise TypeError(f"validate must be a callable mask -> score, or None, got {type(validate).__name__}")
+    check_arg(choose, "choose", _CHOOSE)
 
     device = torch.device(device) if device is not None else next(model.parameters(), torch.empty(0)).device
     theta = {n: t.detach().to(device) for n, t in base.items()}
@@ -165,32 +201,59 @@ def localize_trained(
             params[n] = (theta[n].to(tau[n].dtype) + torch.sigmoid(S[n]) * tau[n]).to(theta[n].dtype)
         return functional_call(model, params, args, kwargs, tie_weights=False)
 
+    steps = 0
+
     def step(n_batches: int) -> None:
+        nonlocal steps
         for s in S.values():  # average, not sum, the gradients of the batches in this step
             s.grad /= n_batches
         opt.step()
         opt.zero_grad(set_to_none=True)
+        steps += 1
+
+    def current_mask() -> Mask:
+        logits = {n: s.detach().cpu() for n, s in S.items()}
+        if target_density is None:  # round(sigmoid(S)) = 1 exactly where S > 0
+            return {n: s > 0 for n, s in logits.items()}
+        return topk_mask(logits, count_for_density(n_entries, target_density), by_abs=False)
 
     was_training = model.training
     model.eval()
     log: list[dict] = []
+    best: tuple[float, int, Mask] | None = None
     try:
         for epoch in tqdm(range(epochs), desc="localize (trained)", disable=not progress):
             losses = _one_pass(masked_forward, S, step, loss_fn, loader, l1, batches_per_step, epoch)
             with torch.no_grad():
                 mean_sigmoid = float(sum(torch.sigmoid(s).sum() for s in S.values())) / n_entries
                 rounded = sum(int((s > 0).sum()) for s in S.values()) / n_entries
-            log.append({"epoch": epoch, "task_loss": sum(losses) / len(losses), "mean_sigmoid": mean_sigmoid,
-                        "density": rounded})
+            entry = {"epoch": epoch, "steps": steps, "task_loss": sum(losses) / len(losses),
+                     "mean_sigmoid": mean_sigmoid, "density": rounded}
+            if validate is not None:
+                mask = current_mask()
+                score = _score(validate, mask, epoch)
+                entry["val"] = score
+                if best is None or score > best[0] or choose == "last":
+                    best = (score, epoch, mask)
+            log.append(entry)
     finally:
         model.train(was_training)
 
-    logits = {n: s.detach().cpu() for n, s in S.items()}
-    if target_density is None:  # round(sigmoid(S)) = 1 exactly where S > 0
-        mask = {n: s > 0 for n, s in logits.items()}
-    else:
-        mask = topk_mask(logits, count_for_density(n_entries, target_density), by_abs=False)
-    return mask, log
+    if best is None:
+        return current_mask(), log
+    for entry in log:
+        entry["chosen"] = entry["epoch"] == best[1]
+    return best[2], log
+
+
+def _score(validate, mask: Mask, epoch: int) -> float:
+    """``validate(mask)`` as a float; a clear error naming ``validate`` when it returns no finite number."""
+    score = validate(mask)
+    if isinstance(score, torch.Tensor) and score.numel() == 1:
+        score = score.item()
+    if isinstance(score, bool) or not isinstance(score, numbers.Real) or not math.isfinite(score):
+        raise ValueError(f"validate must return a finite number, got {score!r} after epoch {epoch}")
+    return float(score)
 
 
 def _one_pass(forward, S, step, loss_fn, loader, l1: float, batches_per_step: int | None, epoch: int) -> list[float]:

@@ -122,3 +122,93 @@ def test_gradients_are_averaged_over_batches():
     eight = lsedu.localize_trained(model, pre, tau, loss, list(x.split(8)), batches_per_step=None, **kw)
     assert all(torch.equal(one[0][n], eight[0][n]) for n in one[0])
     assert one[1][0]["mean_sigmoid"] == pytest.approx(eight[1][0]["mean_sigmoid"], rel=1e-4)
+
+
+def test_validate_chooses_the_best_epoch_and_logs_every_score():
+    """With ``validate``, the mask returned is the best-scoring epoch's (the earliest on a tie), and each
+    epoch's log holds its score, its step count and whether it was chosen."""
+    model, pre, ft, train, test = planted_skill(0)
+    tau = TaskVector.from_models(pre, ft)
+    loader = [(train[0][i : i + 256], train[1][i : i + 256]) for i in range(0, 1024, 256)]
+    seen = []
+
+    def validate(mask):
+        seen.append({n: m.clone() for n, m in mask.items()})
+        return [0.2, 0.9, 0.5, 0.9, 0.1][len(seen) - 1]  # best at epoch 1, tied at 3
+
+    mask, log = lsedu.localize_trained(model, pre, tau, cross_entropy, loader, density=0.01, l1=1e-3, lr=0.1,
+                                       epochs=5, sigmoid_bias=1.0, validate=validate, progress=False)
+    assert [e["val"] for e in log] == [0.2, 0.9, 0.5, 0.9, 0.1]
+    assert [e["chosen"] for e in log] == [False, True, False, False, False]
+    assert [e["steps"] for e in log] == [4, 8, 12, 16, 20]
+    assert all(torch.equal(mask[n], seen[1][n]) for n in mask)
+    # the mask moved after epoch 1 (logits at +-1 take a few Adam steps to change sides): the choice mattered
+    assert not all(torch.equal(seen[1][n], seen[4][n]) for n in mask)
+    # the rounded mask of each epoch is what validate saw
+    assert [e["density"] for e in log] == [sum(int(m.sum()) for m in s.values()) / tau.numel() for s in seen]
+
+
+def test_without_validate_the_last_epoch_is_returned():
+    model, pre, ft, train, _ = planted_skill(0)
+    tau = TaskVector.from_models(pre, ft)
+    kw = dict(density=0.01, l1=1e-3, lr=0.1, epochs=4, progress=False)
+    last, log = lsedu.localize_trained(model, pre, tau, cross_entropy, [train], **kw)
+    rising = iter([0.1, 0.2, 0.3, 0.4])  # each epoch better than the one before: validation keeps the last
+    chosen, _ = lsedu.localize_trained(model, pre, tau, cross_entropy, [train], validate=lambda m: next(rising), **kw)
+    assert "val" not in log[0] and "chosen" not in log[0]
+    assert all(torch.equal(last[n], chosen[n]) for n in last)
+
+
+@pytest.mark.parametrize("bad, match", [(lambda m: float("nan"), "finite"), (lambda m: "0.5", "finite"),
+                                         (lambda m: True, "finite"), (3, "callable")])
+def test_validate_bad_inputs_are_named(bad, match):
+    model, pre, ft, train, _ = planted_skill(0)
+    tau = TaskVector.from_models(pre, ft)
+    with pytest.raises((TypeError, ValueError), match=f"validate.*{match}|{match}.*validate"):
+        lsedu.localize_trained(model, pre, tau, cross_entropy, [train], epochs=1, validate=bad, progress=False)
+
+
+@pytest.mark.parametrize("density", [0.01, 0.3, 0.5, 1.0])
+def test_random_mask_has_the_dataless_count_and_depends_on_its_seed(density):
+    tau = TaskVector({"a": torch.randn(7, 11), "b": torch.randn(13), "c": torch.randn(2, 3, 5)})
+    k = sum(int(m.sum()) for m in lsedu.localize_dataless(tau, density).values())
+    masks = [lsedu.localize_random(tau, density, seed=s) for s in (0, 0, 1)]
+    for m in masks:
+        assert set(m) == set(tau) and all(m[n].shape == tau[n].shape and m[n].dtype == torch.bool for n in tau)
+        assert sum(int(x.sum()) for x in m.values()) == k
+    assert all(torch.equal(masks[0][n], masks[1][n]) for n in tau)
+    if k < tau.numel():
+        assert not all(torch.equal(masks[0][n], masks[2][n]) for n in tau)
+
+
+def test_random_mask_is_uniform_over_entries():
+    """Every entry is chosen with probability k/n: over many seeds, each entry's frequency is close to it."""
+    tau = TaskVector({"a": torch.arange(1.0, 41.0).reshape(4, 10), "b": torch.ones(10)})  # sizes must not matter
+    counts = sum(torch.cat([m.flatten() for m in lsedu.localize_random(tau, 0.2, seed=s).values()]).double()
+                 for s in range(2000))
+    freq = counts / 2000
+    assert freq.sub(0.2).abs().max() < 0.05  # binomial sd 0.009: a 5-sd band
+    # the large entries of "a" are not favoured: the top half by size is chosen as often as the bottom half
+    assert abs(float(freq[20:40].mean() - freq[:20].mean())) < 0.02
+
+
+@pytest.mark.parametrize("kw, match", [(dict(density=0.0), "density"), (dict(density=1.5), "density"),
+                                       (dict(seed=-1), "seed"), (dict(seed=1.5), "seed"), (dict(seed=True), "seed")])
+def test_random_mask_bad_inputs_are_named(kw, match):
+    tau = TaskVector({"a": torch.randn(10)})
+    with pytest.raises((TypeError, ValueError), match=match):
+        lsedu.localize_random(tau, **{"density": 0.1, **kw})
+
+
+def test_choose_last_keeps_the_last_epoch_and_still_logs_the_scores():
+    model, pre, ft, train, _ = planted_skill(0)
+    tau = TaskVector.from_models(pre, ft)
+    kw = dict(density=0.01, l1=1e-3, lr=0.1, epochs=4, sigmoid_bias=1.0, progress=False)
+    last, _ = lsedu.localize_trained(model, pre, tau, cross_entropy, [train], **kw)
+    falling = iter([0.4, 0.3, 0.2, 0.1])
+    kept, log = lsedu.localize_trained(model, pre, tau, cross_entropy, [train], validate=lambda m: next(falling),
+                                       choose="last", **kw)
+    assert [e["val"] for e in log] == [0.4, 0.3, 0.2, 0.1] and [e["chosen"] for e in log] == [False] * 3 + [True]
+    assert all(torch.equal(last[n], kept[n]) for n in last)
+    with pytest.raises(ValueError, match="choose"):
+        lsedu.localize_trained(model, pre, tau, cross_entropy, [train], validate=lambda m: 0.5, choose="first", **kw)
