@@ -1024,6 +1024,65 @@ def multitask_comparison(table):
     return out.astype(float).round(3)
 
 
+def transfer(table):
+    """What each fine-tune does to every task, against the pretrained body: fine-tune rows x task columns, as
+    differences of accuracy (fractions; the diagonal is each fine-tune's gain on its own task).
+
+    Explained in notebooks 06, 07 and 08 (06_case_language.ipynb, 07_case_vision.ipynb,
+    08_case_causal_lm.ipynb).
+    """
+    tasks = _task_columns(table)
+    rows = [f"fine-tune: {t}" for t in tasks]
+    missing = [r for r in rows + [LABELS["pretrained"]] if r not in table.index]
+    if missing:
+        raise ValueError(f"table has no row(s) {missing}: run it with 'pretrained' and 'finetuned'")
+    out = table.loc[rows, tasks].astype(float) - table.loc[LABELS["pretrained"], tasks].astype(float)
+    out.index = tasks
+    return out
+
+
+def own_gains(table):
+    """Each fine-tune's gain on its own task over the pretrained body (the diagonal of :func:`transfer`).
+
+    Explained in notebooks 06, 07 and 08 (06_case_language.ipynb, 07_case_vision.ipynb,
+    08_case_causal_lm.ipynb).
+    """
+    t = transfer(table)
+    return pd.Series({task: float(t.loc[task, task]) for task in t.index})
+
+
+def points(value: float, signed: bool = False) -> str:
+    """A fraction as whole points of accuracy for prose: 0.0637 is "6 points" ("+6 points" with ``signed``);
+    one point is "1 point", and a value that rounds to 0 never prints as "-0".
+
+    Explained in notebooks 06, 07 and 08 (06_case_language.ipynb, 07_case_vision.ipynb,
+    08_case_causal_lm.ipynb).
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)) or not math.isfinite(value):
+        raise ValueError(f"value must be a finite number (a fraction of accuracy), got {value!r}")
+    n = round(100 * float(value)) or 0
+    text = f"{n:+d}" if signed and n else f"{abs(n) if not signed else n:d}"
+    return f"{text} point{'' if abs(n) == 1 else 's'}"
+
+
+def points_range(values) -> str:
+    """The smallest and largest of ``values`` (fractions) as whole points: "6 to 11 points", "3 points" when
+    they round alike, "-2 to +4 points" when the signs differ.
+
+    Explained in notebooks 06, 07 and 08 (06_case_language.ipynb, 07_case_vision.ipynb,
+    08_case_causal_lm.ipynb).
+    """
+    values = [float(v) for v in (values.values() if isinstance(values, Mapping) else values)]
+    if not values or not all(math.isfinite(v) for v in values):
+        raise ValueError(f"values must be one or more finite numbers, got {values!r}")
+    low, high = round(100 * min(values)) or 0, round(100 * max(values)) or 0
+    signed = low < 0 < high
+    if low == high:
+        return points(min(values), signed=False)
+    fmt = (lambda n: f"{n:+d}") if signed else (lambda n: f"{n:d}")
+    return f"{fmt(low)} to {fmt(high)} points"
+
+
 def plot_table(table, what: str = "tasks"):
     """The table's two bar charts side by side: mean accuracy and normalized accuracy over ``what``.
 

@@ -621,3 +621,41 @@ def test_verdict_words_the_paired_interval(toy_table):
     t2 = table.copy()
     t2.attrs["runs"] = table.attrs["runs"].assign(correct=None)
     assert "without an interval" in casestudy.verdict(t2, "TIES", "task arithmetic")
+
+
+def test_transfer_and_own_gains_match_the_table(toy_table):
+    _, toy_table = toy_table
+    t = casestudy.transfer(toy_table)
+    tasks = list(t.columns)
+    assert list(t.index) == tasks
+    for f in tasks:
+        for task in tasks:
+            want = toy_table.loc[f"fine-tune: {f}", task] - toy_table.loc["pretrained", task]
+            assert t.loc[f, task] == pytest.approx(want)
+    gains = casestudy.own_gains(toy_table)
+    assert all(gains[task] == pytest.approx(t.loc[task, task]) for task in tasks)
+    with pytest.raises(ValueError, match="fine-tune"):
+        casestudy.transfer(toy_table.drop(index=f"fine-tune: {tasks[0]}"))
+
+
+@pytest.mark.parametrize("value, signed, text", [(0.0637, False, "6 points"), (0.0637, True, "+6 points"),
+                                                 (-0.021, True, "-2 points"), (0.01, False, "1 point"),
+                                                 (-0.004, True, "0 points"), (-0.004, False, "0 points"),
+                                                 (-0.09, False, "9 points")])
+def test_points(value, signed, text):
+    assert casestudy.points(value, signed) == text
+
+
+@pytest.mark.parametrize("values, text", [([0.063, 0.11, 0.08], "6 to 11 points"), ([0.031, 0.029], "3 points"),
+                                          ([-0.02, 0.04], "-2 to +4 points"), ({"a": 0.12, "b": 0.51}, "12 to 51 points"),
+                                          ([-0.004, 0.004], "0 points")])
+def test_points_range(values, text):
+    assert casestudy.points_range(values) == text
+
+
+@pytest.mark.parametrize("bad", [[], [float("nan")], [0.1, float("inf")]])
+def test_points_range_bad_inputs(bad):
+    with pytest.raises(ValueError, match="values"):
+        casestudy.points_range(bad)
+    with pytest.raises(ValueError, match="value"):
+        casestudy.points(float("nan"))
