@@ -106,3 +106,42 @@ def task_accuracies(model: nn.Module, state_dict, split: Split, cfg: QuickstartC
         part = split.only(classes)
         out[f"digits {classes[0]}-{classes[-1]}"] = accuracy(model, state_dict, part.x, part.y)
     return out
+
+
+@dataclass
+class QuickstartModels:
+    """The quickstart's models, trained: the architecture, the pretrained weights, one fine-tune per task
+    (keyed ``"A"``, ``"B"``) and the splits.
+
+    Explained in notebook 00 (00_quickstart.ipynb).
+    """
+
+    model: nn.Module
+    pretrained: dict
+    finetuned: dict
+    splits: dict
+
+
+def train_models(cfg: QuickstartConfig = QUICKSTART, progress: bool = True) -> QuickstartModels:
+    """Notebook 00's recipe in one call: pretrain the tiny MLP on ``pretrain_per_class`` images of each digit,
+    then fine-tune it once per task of ``cfg.tasks``. Seconds on a CPU; the same weights every time.
+
+    Notebook 00 runs these steps one by one; later chapters (notebook 05, 05_localize_and_stitch.ipynb) call this
+    when they need a model small enough to watch.
+
+    Explained in notebook 00 (00_quickstart.ipynb).
+    """
+    from .train import train_classifier
+
+    splits = load_digits_splits(cfg)
+    model = tiny_mlp(cfg)
+    seen = pretrain_subset(splits["train"], cfg)
+    pretrained = train_classifier(model, model.state_dict(), seen.x, seen.y, epochs=cfg.pretrain_epochs,
+                                  lr=cfg.pretrain_lr, seed=cfg.seed, desc="pretrain", progress=progress)
+    finetuned = {}
+    for name, classes in zip("AB", cfg.tasks):
+        part = splits["train"].only(classes)
+        finetuned[name] = train_classifier(model, pretrained, part.x, part.y, epochs=cfg.finetune_epochs,
+                                           lr=cfg.finetune_lr, seed=cfg.seed, desc=f"fine-tune on {name}",
+                                           progress=progress)
+    return QuickstartModels(model, pretrained, finetuned, splits)
