@@ -720,8 +720,9 @@ def ordering(table, rows: Sequence[str] = ("uniform averaging", "task arithmetic
 
 #: Average accuracy (%) over tasks that the papers report, keyed by our method keys; the book's page "Sources and
 #: licences" (book/sources.md) gives the paper, setup and row of each value. vision: CLIP ViT-B/32 on 8 tasks;
-#: Localize-and-Stitch and individual from He et al. 2025 (arXiv 2408.13656), the other rows are the standard
-#: eight-task values whose table is not established yet (see that page). text: roberta-base on 12 LM-BFF tasks,
+#: Localize-and-Stitch and individual from He et al. 2025 (arXiv 2408.13656); the other rows match, value by value,
+#: the eight-task table that later papers print with AdaMerging's rows (Yang et al. 2024, arXiv 2310.02575), read
+#: through secondary copies (that page names them; the table number is not established). text: roberta-base on 12 LM-BFF tasks,
 #: 64 shots. causal_lm: GPT2-XL, 3 public fine-tunes, scored on MMLU, ARC, TruthfulQA. Rows a paper does not
 #: report are absent.
 PAPER_AVERAGES = {
