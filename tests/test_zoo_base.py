@@ -420,3 +420,31 @@ def test_glue_returns_the_value_and_refuses_a_bad_name():
     assert lsedu.utils.glue("soup_verdict", "tied") == "tied"
     with pytest.raises(ValueError, match="name must be an identifier"):
         lsedu.utils.glue("two words", 1)
+
+
+def test_setup_localize_is_localize_trained_with_validation_and_cached(toy, monkeypatch):
+    """Setup.localize runs the paper's recipe (validation chooses the pass) once, then reads the cache."""
+    pre = toy.pretrained()
+    tau = lsedu.TaskVector({n: toy.finetune("a")[n] - pre[n] for n in toy.merge_names()})
+    kw = dict(density=0.2, l1=1e-4, lr=0.1, sigmoid_bias=1.0, passes=3, batch_size=64, seed=0)
+    mask, log = toy.localize("a", **kw)
+    direct, direct_log = lsedu.localize_trained(
+        toy.module(pre), pre, tau, toy.localization_loss("a"), toy.localization_batches("a", 64, seed=0),
+        density=0.2, l1=1e-4, lr=0.1, sigmoid_bias=1.0, epochs=3, progress=False,
+        validate=lambda m: toy.evaluate(lsedu.stitch(pre, [tau], [m]), "a", "val"))
+    assert set(mask) == set(toy.merge_names()) and all(m.dtype == torch.bool for m in mask.values())
+    assert all(torch.equal(mask[n], direct[n]) for n in mask)
+    assert [e["val"] for e in log] == pytest.approx([e["val"] for e in direct_log])
+    assert sum(e["chosen"] for e in log) == 1
+
+    class Trained(Exception):
+        pass
+
+    def no_training(*args, **kwargs):
+        raise Trained
+
+    monkeypatch.setattr(lsedu.localize_stitch, "localize_trained", no_training)
+    again, again_log = toy.localize("a", **kw)  # from the cache: no training
+    assert all(torch.equal(mask[n], again[n]) for n in mask) and again_log == log
+    with pytest.raises(Trained):  # another recipe is another entry, so it trains
+        toy.localize("a", **{**kw, "l1": 1e-2})

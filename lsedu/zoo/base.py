@@ -586,6 +586,48 @@ class Setup(abc.ABC):
         key = self.cache_key("multitask", tasks=tasks, finetune=cfg.to_dict())
         return cached(self.name, key, self._resumable(key, train), refresh)[0]
 
+    def localize(self, task: str, *, density: float = 0.01, l1: float = 1e-5, lr: float = 0.1,
+                 sigmoid_bias: float = 3.0, passes: int = 4, batch_size: int = 32, seed: int = 0,
+                 choose: str = "best", cfg: FinetuneConfig | None = None,
+                 refresh: bool = False) -> tuple[dict[str, torch.Tensor], list[dict]]:
+        """Trained localization of ``task``'s fine-tune, the paper's recipe, cached like a fine-tune.
+
+        :func:`lsedu.localize_trained` on the task vector of :meth:`finetune`
+        (``cfg``) over :meth:`merge_names`: logits at ``+-sigmoid_bias`` from
+        the dataless top-``density``, the ``l1`` term on, one Adam step per
+        training batch of ``batch_size`` (drawn in the order of ``seed``), for
+        ``passes`` passes over the training split, the final mask
+        round(sigmoid(S)); after every pass the mask is scored on the task's
+        validation split, and ``choose="best"`` keeps the best pass's mask.
+        Returns ``(mask, log)``, the log one dict per pass (steps, task loss,
+        density, validation accuracy, chosen). The result is cached under the
+        setup, the task, the fine-tune config and every argument above, so a
+        second call (a rebuilt page, another chapter) reads it back.
+
+        Explained in notebook 05 (05_localize_and_stitch.ipynb).
+        """
+        from ..localize_stitch import localize_trained, stitch
+        from ..task_vectors import TaskVector
+
+        self.task(task)  # an unknown task fails here, before any work
+        cfg = cfg or self.finetune_config_for(task)
+        recipe = {"density": density, "l1": l1, "lr": lr, "sigmoid_bias": sigmoid_bias, "passes": passes,
+                  "batch_size": batch_size, "seed": seed, "choose": choose}
+
+        def build():
+            pre, ft = self.pretrained(), self.finetune(task, cfg)
+            tau = TaskVector({n: ft[n] - pre[n] for n in self.merge_names()})
+            mask, log = localize_trained(
+                self.build_body().to(self.device), pre, tau, self.localization_loss(task),
+                self.localization_batches(task, batch_size, seed=seed), density=density, sigmoid_bias=sigmoid_bias,
+                l1=l1, lr=lr, epochs=passes, choose=choose, device=self.device, progress=self.progress,
+                validate=lambda m: self.evaluate(stitch(pre, [tau], [m]), task, "val"))
+            return mask, {"log": log}
+
+        key = self.cache_key("localize", task=task, finetune=cfg.to_dict(), localize=recipe)
+        mask, record = cached(self.name, key, build, refresh)
+        return {n: m.to(torch.bool) for n, m in mask.items()}, record["metrics"]["log"]
+
     def localization_loss(self, task: str) -> Callable[[Forward, Any], torch.Tensor]:
         """``loss_fn(forward, batch)`` for :func:`lsedu.localize_trained` on ``task``."""
         return lambda forward, batch: self.loss(task, forward, batch)
