@@ -65,3 +65,28 @@ def glue(name: str, value, display: bool = False):
         return value
     myst_glue(name, value, display=display)
     return value
+
+
+def track_note(track: str):
+    """The note a chapter shows when it runs on a track other than the laptop's; None on the laptop track.
+
+    A case-study chapter's tables, plots and glued values come from the run,
+    whichever the track, but its discussion was written about the laptop
+    track's results, and its guards run only there. On the paper track the
+    note says so at the top of the page, so that the laptop prose is not read
+    as a description of other numbers. Returns an IPython Markdown object (a
+    notebook shows it) or None.
+
+    Explained in notebook 06 (06_case_language.ipynb).
+    """
+    if not isinstance(track, str) or not track:
+        raise ValueError(f"track must be a track name such as 'laptop' or 'paper', got {track!r}")
+    if track == "laptop":
+        return None
+    from IPython.display import Markdown
+
+    return Markdown(
+        f"> **This page is running on the `{track}` track.** Its tables, plots and the values pasted into the text "
+        f"come from this run; the discussion around them describes the laptop track's results, and the guards at "
+        f"the end of the page (which check those results) are skipped. Read the text as an account of the laptop "
+        f"run, and the tables as yours.")

@@ -40,3 +40,14 @@ def test_every_pasted_key_is_glued_and_every_glued_key_is_pasted(path):
 def test_the_patterns_find_keys():
     assert PASTED.findall("is {glue:text}`ties_vs_ta` and {glue:text}`n:.1f`") == ["ties_vs_ta", "n"]
     assert GLUED.findall('glue("order", x)\nglue( \'a_b\', 1)') == ["order", "a_b"]
+
+
+def test_track_note_only_off_the_laptop_track():
+    from lsedu.utils import track_note
+
+    assert track_note("laptop") is None
+    note = track_note("paper")
+    assert "`paper` track" in note.data and "laptop" in note.data and "skipped" in note.data
+    for bad in ("", None, 3):
+        with pytest.raises(ValueError, match="track"):
+            track_note(bad)
