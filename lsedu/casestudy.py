@@ -1167,9 +1167,11 @@ def _curve_items(g, method: str, size: int) -> dict[str, list[np.ndarray]] | Non
     if any(not isinstance(c, Mapping) for c in g["correct"]):
         return None
     out: dict[str, list[np.ndarray]] = {}
-    for correct in g["correct"]:
-        for t, bits in correct.items():
-            out.setdefault(t, []).append(np.frombuffer(bits.encode(), dtype=np.uint8) - ord("0"))
+    # tasks in the order the subsets name them, not the records' (a cached record's keys are sorted, a fresh one's
+    # are not): the bootstrap's draws go to the tasks in order, so the same curve always gives the same interval
+    for subset, correct in zip(g["subset"], g["correct"]):
+        for t in subset.split("+"):
+            out.setdefault(t, []).append(np.frombuffer(correct[t].encode(), dtype=np.uint8) - ord("0"))
     for t, arrays in out.items():
         if len({len(x) for x in arrays}) > 1:
             raise ValueError(f"task {t!r} has test splits of different lengths in different subsets "

@@ -763,3 +763,13 @@ def test_scaling_intervals_on_the_toy_curve_and_without_examples():
     table = casestudy.scaling_differences(blind, [("task_arithmetic", "averaging")])
     assert table["low"].isna().all() and set(table["verdict"]) == {""}
     assert "without an interval" in casestudy.scaling_verdict(blind, "task_arithmetic", "averaging")
+
+
+def test_scaling_interval_does_not_depend_on_the_order_of_a_records_tasks():
+    # a record read from the cache lists its tasks sorted, a fresh one in the subset's order: same interval
+    curve = _hand_curve()
+    flipped = curve.assign(correct=[dict(reversed(list(c.items()))) for c in curve["correct"]])
+    for size in (2, 3):
+        d1 = casestudy.scaling_difference(curve, "ties", "task_arithmetic", size)
+        d2 = casestudy.scaling_difference(flipped, "ties", "task_arithmetic", size)
+        assert (d1.low, d1.high) == (d2.low, d2.high)
