@@ -1167,11 +1167,14 @@ def _curve_items(g, method: str, size: int) -> dict[str, list[np.ndarray]] | Non
     if any(not isinstance(c, Mapping) for c in g["correct"]):
         return None
     out: dict[str, list[np.ndarray]] = {}
-    # tasks in the order the subsets name them, not the records' (a cached record's keys are sorted, a fresh one's
-    # are not): the bootstrap's draws go to the tasks in order, so the same curve always gives the same interval
     for subset, correct in zip(g["subset"], g["correct"]):
         for t in subset.split("+"):
             out.setdefault(t, []).append(np.frombuffer(correct[t].encode(), dtype=np.uint8) - ord("0"))
+    # the tasks in sorted order, whatever the order of the records' keys (a cached record's are sorted, a fresh one's
+    # are not) or of the subsets: the bootstrap's draws go to the tasks in order, so the same curve always gives the
+    # same interval, and every size that holds the same tasks shares one set of draws (paired_bootstrap draws once
+    # per shape)
+    out = {t: out[t] for t in sorted(out)}
     for t, arrays in out.items():
         if len({len(x) for x in arrays}) > 1:
             raise ValueError(f"task {t!r} has test splits of different lengths in different subsets "
