@@ -1169,7 +1169,10 @@ def scaling_curve(setup, tasks: Sequence[str] | None = None, sizes: Sequence[int
     :func:`run_seed`, with the first fine-tune seed and the first merge seed
     of ``config``. Columns: ``size``, ``subset``, ``method``, ``row``,
     ``average`` (mean test accuracy over the merged tasks), ``normalized``
-    (the same, each divided by its own fine-tune's accuracy), ``choice``.
+    (the same, each divided by its own fine-tune's accuracy), ``choice`` and
+    ``correct`` (per merged task, which test examples the merge got right, as
+    in :func:`run_seed`'s records; None where the setup scores no single
+    examples), which :func:`scaling_difference` reads.
     Each row is cached per subset (:func:`run_seed`), so a subset of all the tasks shares its rows with
     :func:`comparison_table` when the configs agree.
 
@@ -1192,8 +1195,175 @@ def scaling_curve(setup, tasks: Sequence[str] | None = None, sizes: Sequence[int
         for subset in task_subsets(tasks, k, subsets_per_size, seed=k):
             for r in run_seed(setup, subset, seed, one, methods, refresh):
                 records.append({"size": k, "subset": "+".join(subset), "method": r["method"], "row": r["row"],
-                                "average": r["average"], "normalized": r["normalized"], "choice": r["choice"]})
+                                "average": r["average"], "normalized": r["normalized"], "choice": r["choice"],
+                                "correct": r["correct"]})
     return pd.DataFrame(records)
+
+
+def _check_curve(curve) -> None:
+    if not isinstance(curve, pd.DataFrame) or \
+            not {"size", "subset", "method", "row", "normalized", "correct"} <= set(curve.columns):
+        raise TypeError("curve must be the DataFrame of scaling_curve, with its 'size', 'subset', 'method', 'row', "
+                        "'normalized' and 'correct' columns")
+
+
+def _curve_method(curve, method, name: str) -> str:
+    """``method`` (a method key such as ``"ties"`` or its row label ``"TIES"``) as the curve's method key."""
+    keys = list(dict.fromkeys(curve["method"]))
+    labels = dict(zip(curve["row"], curve["method"]))
+    if isinstance(method, str) and method in keys:
+        return method
+    if isinstance(method, str) and method in labels:
+        return labels[method]
+    raise ValueError(f"{name}={method!r} is not a method of the curve; its methods are {keys}")
+
+
+def _curve_items(g, method: str, size: int) -> dict[str, list[np.ndarray]] | None:
+    """Per task, the 0/1 arrays of the test examples ``method`` got right, one per subset holding the task (None
+    where the curve has no examples)."""
+    if g["subset"].duplicated().any():
+        raise ValueError(f"the curve has several records of {method!r} for one subset of {size} tasks; "
+                         "pass the curve of scaling_curve (one fine-tune seed, one merge seed)")
+    if any(not isinstance(c, Mapping) for c in g["correct"]):
+        return None
+    out: dict[str, list[np.ndarray]] = {}
+    for subset, correct in zip(g["subset"], g["correct"]):
+        for t in subset.split("+"):
+            out.setdefault(t, []).append(np.frombuffer(correct[t].encode(), dtype=np.uint8) - ord("0"))
+    # the tasks in sorted order, whatever the order of the records' keys (a cached record's are sorted, a fresh one's
+    # are not) or of the subsets: the bootstrap's draws go to the tasks in order, so the same curve always gives the
+    # same interval, and every size that holds the same tasks shares one set of draws (paired_bootstrap draws once
+    # per shape)
+    out = {t: out[t] for t in sorted(out)}
+    for t, arrays in out.items():
+        if len({len(x) for x in arrays}) > 1:
+            raise ValueError(f"task {t!r} has test splits of different lengths in different subsets "
+                             f"{sorted({len(x) for x in arrays})}; a paired comparison needs the same examples")
+    return out
+
+
+def scaling_difference(curve, a: str, b: str, size: int) -> PairedDifference | None:
+    """Method ``a`` minus method ``b`` over every subset of ``size`` tasks of a scaling curve, with a paired interval.
+
+    The statistic is the difference of mean test accuracy (raw, not
+    normalized) over the (subset, task) pairs of that size: with ``S``
+    subsets of ``size`` tasks, the mean of the ``S * size`` per-task
+    accuracy differences, which is also the mean over subsets of the
+    curve's ``average`` differences.
+
+    Its 95% interval is :func:`lsedu.stats.paired_bootstrap`'s, stratified by
+    task: each task's test examples are resampled once, and the same draw
+    serves both methods and *every* subset that holds the task (a test image
+    of ``mnist`` is one image, whether the merge of ``mnist+fashion`` or of
+    ``mnist+digits`` scores it, so it is drawn once for both). To give
+    paired_bootstrap's mean over tasks the statistic above, each task's
+    per-example scores are summed over the subsets holding it and scaled
+    by ``T / (S * size)`` (``T`` tasks in all), which weights a task by how
+    many subsets hold it. The subsets themselves are not resampled (at 4 of 4
+    tasks there is only one), and :func:`scaling_curve` uses one fine-tune
+    seed: the interval covers the test examples, not a draw of other subsets
+    or other fine-tunes.
+
+    ``a`` and ``b``: method keys (``"ties"``) or row labels (``"TIES"``) of
+    the curve; ``size``: one of its numbers of tasks. None where the setup
+    scores no single examples (``correct`` is None).
+
+    Explained in notebook 09 (09_what_matters_at_scale.ipynb).
+    """
+    _check_curve(curve)
+    a, b = _curve_method(curve, a, "a"), _curve_method(curve, b, "b")
+    sizes = sorted(int(k) for k in curve["size"].unique())
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or int(size) not in sizes:
+        raise ValueError(f"size={size!r} is not a number of tasks of the curve; its sizes are {sizes}")
+    at = curve[curve["size"] == size]
+    ga, gb = at[at["method"] == a].sort_values("subset"), at[at["method"] == b].sort_values("subset")
+    if list(ga["subset"]) != list(gb["subset"]):
+        raise ValueError(f"at size {size}, {a!r} and {b!r} were merged on different subsets: "
+                         f"{list(ga['subset'])} and {list(gb['subset'])}")
+    sa, sb = _curve_items(ga, a, size), _curve_items(gb, b, size)
+    if sa is None or sb is None:
+        return None
+    scale = len(sa) / (len(ga) * size)
+    return paired_bootstrap({t: scale * np.sum(x, axis=0) for t, x in sa.items()},
+                            {t: scale * np.sum(x, axis=0) for t, x in sb.items()},
+                            resamples=RESAMPLES, seed=BOOTSTRAP_SEED)
+
+
+def scaling_differences(curve, pairs: Sequence[tuple[str, str]]):
+    """Each pair ``(a, b)`` of methods at each number of tasks: :func:`scaling_difference` as a table.
+
+    One row per (comparison, size), indexed by ``comparison`` (``"TIES −
+    task arithmetic"``) and ``size``. Columns: ``subsets`` (how many subsets
+    of that size the difference averages over); ``difference (points)``, the
+    difference of mean *raw* test accuracy, with ``low`` and ``high``, its
+    paired 95% interval, all in points; ``verdict``: ``"ahead"`` or
+    ``"behind"`` (``a`` relative to ``b``) where the interval excludes zero,
+    ``"tie"`` where it does not (empty, with NaN bounds, where the setup
+    scores no single examples); and ``normalized difference (points)``, the
+    same difference in the curve's *normalized* accuracy, without an
+    interval, to read the table next to the curve.
+
+    Explained in notebook 09 (09_what_matters_at_scale.ipynb).
+    """
+    if isinstance(pairs, str) or not isinstance(pairs, Sequence) or not pairs or \
+            any(isinstance(p, str) or not isinstance(p, Sequence) or len(p) != 2 for p in pairs):
+        raise ValueError(f"pairs must be a non-empty list of (a, b) pairs of methods, got {pairs!r}")
+    _check_curve(curve)
+    label = dict(zip(curve["method"], curve["row"]))
+    out = []
+    for a, b in pairs:
+        ka, kb = _curve_method(curve, a, "a"), _curve_method(curve, b, "b")
+        for size in sorted(int(k) for k in curve["size"].unique()):
+            d = scaling_difference(curve, ka, kb, size)
+            at = curve[curve["size"] == size].set_index("subset")
+            norm = at[at["method"] == ka]["normalized"] - at[at["method"] == kb]["normalized"]
+            out.append({"comparison": f"{label[ka]} − {label[kb]}", "size": size, "subsets": len(norm),
+                        "difference (points)": math.nan if d is None else 100 * d.diff,
+                        "low": math.nan if d is None else 100 * d.low,
+                        "high": math.nan if d is None else 100 * d.high,
+                        "verdict": _verdict(d, "ahead", "behind"),
+                        "normalized difference (points)": 100 * float(norm.mean())})
+    return pd.DataFrame(out).set_index(["comparison", "size"]).round(2)
+
+
+def scaling_verdict(curve, a: str, b: str, name: str | None = None, intervals: bool = True) -> str:
+    """Method ``a`` against method ``b`` at every number of tasks of the curve, in words, from the paired intervals.
+
+    ``"ahead of task arithmetic at 2 and 3 tasks and tied at 4 tasks (differences of mean accuracy, in points,
+    with paired 95% intervals: 2 tasks +2.1 [+1.0, +3.2], ...)"``, or ``"... at every number of tasks (...)"``:
+    sizes with the same verdict (:func:`scaling_difference`: ahead, behind or tied) are named together, each
+    verdict in the order of its first size; ``name`` (default: ``b``'s row label) names ``b``. The numbers are
+    raw accuracy, not the curve's normalized accuracy; ``intervals=False`` leaves them out (for prose that points
+    to :func:`scaling_differences`' table instead). Where the setup scores no single examples there is no
+    interval, and it says so.
+
+    Explained in notebook 09 (09_what_matters_at_scale.ipynb).
+    """
+    _check_curve(curve)
+    ka, kb = _curve_method(curve, a, "a"), _curve_method(curve, b, "b")
+    name = name or dict(zip(curve["method"], curve["row"]))[kb]
+    sizes = sorted(int(k) for k in curve["size"].unique())
+    ds = {k: scaling_difference(curve, ka, kb, k) for k in sizes}
+    if any(d is None for d in ds.values()):
+        return f"compared with {name} without an interval (this setup scores no single examples)"
+    groups: dict[str, list[int]] = {}
+    for k, d in ds.items():
+        groups.setdefault(d.verdict, []).append(k)
+    first = {"a ahead": f"ahead of {name}", "b ahead": f"behind {name}", "tie": f"tied with {name}"}
+    later = {"a ahead": "ahead", "b ahead": "behind", "tie": "tied"}
+
+    def at(ks: list[int]) -> str:
+        if len(groups) == 1 and len(sizes) > 1:
+            return "at every number of tasks"
+        names = [str(k) for k in ks]
+        return "at " + (names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]) + " tasks"
+
+    parts = [f"{(first if i == 0 else later)[v]} {at(ks)}" for i, (v, ks) in enumerate(groups.items())]
+    words = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+    if not intervals:
+        return words
+    details = ", ".join(f"{k} tasks {100 * d.diff:+.1f} {format_interval(d)}" for k, d in ds.items())
+    return f"{words} (differences of mean accuracy, in points, with paired 95% intervals: {details})"
 
 
 def plot_scaling(curve, column: str = "normalized", ax=None):

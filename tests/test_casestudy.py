@@ -659,3 +659,155 @@ def test_points_range_bad_inputs(bad):
         casestudy.points_range(bad)
     with pytest.raises(ValueError, match="value"):
         casestudy.points(float("nan"))
+
+
+# ----------------------------------------------------------------------------- paired intervals of the scaling curve
+
+
+def _hand_curve(seed: int = 0, lead: float = 0.0) -> pd.DataFrame:
+    """A scaling curve by hand: tasks x, y, z; sizes 2 (two subsets) and 3; TIES gets ``lead`` more examples right."""
+    rng = np.random.default_rng(seed)
+    n = {"x": 40, "y": 30, "z": 50}
+    rows = []
+    for size, subsets in ((2, ("x+y", "x+z")), (3, ("x+y+z",))):
+        for subset in subsets:
+            base = {t: rng.random(n[t]) for t in subset.split("+")}
+            for method, row, p in (("task_arithmetic", "task arithmetic", 0.6), ("ties", "TIES", 0.6 + lead)):
+                correct = {t: "".join("1" if u < p else "0" for u in base[t] + 0.3 * rng.random(n[t]) - 0.15)
+                           for t in base}
+                accs = [c.count("1") / len(c) for c in correct.values()]
+                rows.append({"size": size, "subset": subset, "method": method, "row": row,
+                             "average": float(np.mean(accs)), "normalized": float(np.mean(accs)) / 0.9,
+                             "choice": "", "correct": correct})
+    return pd.DataFrame(rows)
+
+
+def _bits(s: str) -> np.ndarray:
+    return np.array([int(c) for c in s], dtype=float)
+
+
+def test_scaling_difference_matches_a_direct_computation():
+    from lsedu.stats import paired_bootstrap
+
+    curve = _hand_curve()
+    for size in (2, 3):
+        at = curve[curve["size"] == size]
+        a, b = at[at["method"] == "ties"], at[at["method"] == "task_arithmetic"]
+        # the mean over (subset, task) pairs of each pair's accuracy difference ...
+        per_pair = [(_bits(ca[t]) - _bits(cb[t])).mean()
+                    for ca, cb in zip(a["correct"], b["correct"]) for t in ca]
+        # ... which, every subset having `size` tasks, is the mean over subsets of the curve's average difference
+        assert np.mean(per_pair) == pytest.approx(a["average"].mean() - b["average"].mean(), abs=1e-12)
+        d = casestudy.scaling_difference(curve, "ties", "task_arithmetic", size)
+        assert d.diff == pytest.approx(np.mean(per_pair), abs=1e-12)
+        examples = {t: len(c) for cs in a["correct"] for t, c in cs.items()}
+        assert d.items == sum(examples.values()) and d.seeds == 1  # each task's test examples counted once
+        # the interval is paired_bootstrap's stratified by task, each task's examples summed over the subsets
+        # holding it and weighted so that its mean over tasks is the statistic above
+        tasks = sorted({t for c in a["correct"] for t in c})
+        w = len(tasks) / (len(a) * size)
+        summed = lambda g: {t: w * sum(_bits(c[t]) for c in g["correct"] if t in c) for t in tasks}  # noqa: E731
+        ref = paired_bootstrap(summed(a), summed(b), resamples=casestudy.RESAMPLES, seed=casestudy.BOOTSTRAP_SEED)
+        assert ref.diff == pytest.approx(d.diff, abs=1e-12)
+        assert (d.low, d.high) == pytest.approx((ref.low, ref.high), abs=1e-12)
+        assert d.low <= d.diff <= d.high
+    # labels work as well as keys, and a method against itself is a tie at exactly zero
+    assert casestudy.scaling_difference(curve, "TIES", "task arithmetic", 2) == \
+        casestudy.scaling_difference(curve, "ties", "task_arithmetic", 2)
+    same = casestudy.scaling_difference(curve, "ties", "ties", 3)
+    assert (same.diff, same.low, same.high, same.verdict) == (0.0, 0.0, 0.0, "tie")
+
+
+def test_scaling_interval_draws_a_test_example_once_for_every_subset_that_holds_it():
+    # two subsets that hold the same task and got the same examples right carry no more evidence than one:
+    # a stratum per (subset, task) would narrow the interval by about sqrt(2), one draw per task does not
+    one = _hand_curve().query("subset == 'x+y'")
+    twice = pd.concat([one, one.assign(subset="y+x")])
+    d1 = casestudy.scaling_difference(one, "ties", "task_arithmetic", 2)
+    d2 = casestudy.scaling_difference(twice, "ties", "task_arithmetic", 2)
+    assert (d2.diff, d2.low, d2.high) == pytest.approx((d1.diff, d1.low, d1.high), abs=1e-12)
+    assert d2.items == d1.items == 70  # x's 40 and y's 30 test examples, each counted once
+
+
+def test_scaling_differences_table_and_verdict_words():
+    curve = _hand_curve(lead=0.3)
+    table = casestudy.scaling_differences(curve, [("ties", "task_arithmetic"), ("task_arithmetic", "ties")])
+    assert list(table.index) == [("TIES − task arithmetic", 2), ("TIES − task arithmetic", 3),
+                                 ("task arithmetic − TIES", 2), ("task arithmetic − TIES", 3)]
+    assert list(table.columns) == ["subsets", "difference (points)", "low", "high", "verdict",
+                                   "normalized difference (points)"]
+    assert list(table["subsets"]) == [2, 1, 2, 1]
+    for (comparison, size), r in table.iterrows():
+        a, b = ("ties", "task_arithmetic") if comparison.startswith("TIES") else ("task_arithmetic", "ties")
+        d = casestudy.scaling_difference(curve, a, b, size)
+        assert r["difference (points)"] == pytest.approx(round(100 * d.diff, 2))
+        assert (r["low"], r["high"]) == pytest.approx((round(100 * d.low, 2), round(100 * d.high, 2)))
+        assert r["verdict"] == {"a ahead": "ahead", "b ahead": "behind", "tie": "tie"}[d.verdict]
+        at = curve[curve["size"] == size]
+        norm = at[at["method"] == a]["normalized"].mean() - at[at["method"] == b]["normalized"].mean()
+        assert r["normalized difference (points)"] == pytest.approx(round(100 * norm, 2))
+    # a 30-point lead on every item is ahead everywhere, and the words say so
+    assert set(table.loc["TIES − task arithmetic", "verdict"]) == {"ahead"}
+    assert set(table.loc["task arithmetic − TIES", "verdict"]) == {"behind"}
+    words = casestudy.scaling_verdict(curve, "ties", "task_arithmetic")
+    assert words.startswith("ahead of task arithmetic at every number of tasks (differences of mean accuracy")
+    assert "2 tasks +" in words and "3 tasks +" in words
+    assert casestudy.scaling_verdict(curve, "task_arithmetic", "ties", "TIES").startswith("behind TIES at every")
+    assert casestudy.scaling_verdict(curve, "ties", "task_arithmetic", intervals=False) == \
+        "ahead of task arithmetic at every number of tasks"
+    # a method against itself ties at every size; mixed verdicts are named size by size
+    assert casestudy.scaling_verdict(curve, "ties", "ties", "itself").startswith("tied with itself at every")
+    mixed = pd.concat([curve[curve["size"] == 2], _hand_curve(lead=0.0).query("size == 3")])
+    assert casestudy.scaling_difference(mixed, "ties", "task_arithmetic", 3).verdict == "tie"
+    assert casestudy.scaling_verdict(mixed, "ties", "task_arithmetic").startswith(
+        "ahead of task arithmetic at 2 tasks and tied at 3 tasks (")
+
+
+def test_scaling_difference_bad_inputs_name_the_argument():
+    curve = _hand_curve()
+    cases = [(dict(a="nope", b="ties", size=2), r"^a='nope' is not a method of the curve; its methods are"),
+             (dict(a="ties", b="dare", size=2), r"^b='dare' is not a method of the curve"),
+             (dict(a="ties", b="task_arithmetic", size=5), r"^size=5 is not a number of tasks of the curve; "
+                                                           r"its sizes are \[2, 3\]$"),
+             (dict(a="ties", b="task_arithmetic", size="2"), r"^size='2' is not"),
+             (dict(a="ties", b="task_arithmetic", size=True), r"^size=True is not")]
+    for kwargs, match in cases:
+        with pytest.raises(ValueError, match=match) as info:
+            casestudy.scaling_difference(curve, **kwargs)
+        assert "\n" not in str(info.value)
+    with pytest.raises(ValueError, match=r"^pairs must be a non-empty list of \(a, b\) pairs"):
+        casestudy.scaling_differences(curve, [("ties",)])
+    with pytest.raises(ValueError, match=r"^a='nope' is not a method"):
+        casestudy.scaling_differences(curve, [("nope", "ties")])
+    with pytest.raises(TypeError, match="scaling_curve"):
+        casestudy.scaling_difference(curve.drop(columns="correct"), "ties", "task_arithmetic", 2)
+    with pytest.raises(ValueError, match="several records"):
+        casestudy.scaling_difference(pd.concat([curve, curve]), "ties", "task_arithmetic", 2)
+
+
+def test_scaling_intervals_on_the_toy_curve_and_without_examples():
+    setup = Toy(device="cpu", progress=False)
+    cfg = SMALL.replace(finetune_seeds=(0,))
+    curve = casestudy.scaling_curve(setup, subsets_per_size=2, config=cfg, methods=("averaging", "task_arithmetic"))
+    assert all(set(c) == set(s.split("+")) for c, s in zip(curve["correct"], curve["subset"]))
+    for size in (2, 3):
+        at = curve[curve["size"] == size]
+        d = casestudy.scaling_difference(curve, "task_arithmetic", "averaging", size)
+        avg = at.groupby("method")["average"].mean()
+        expected = avg["task_arithmetic"] - avg["averaging"]
+        assert d.diff == pytest.approx(expected, abs=1e-9)
+    blind = curve.assign(correct=None)  # as lm-eval's scores on the paper track
+    assert casestudy.scaling_difference(blind, "task_arithmetic", "averaging", 2) is None
+    table = casestudy.scaling_differences(blind, [("task_arithmetic", "averaging")])
+    assert table["low"].isna().all() and set(table["verdict"]) == {""}
+    assert "without an interval" in casestudy.scaling_verdict(blind, "task_arithmetic", "averaging")
+
+
+def test_scaling_interval_does_not_depend_on_the_order_of_a_records_tasks():
+    # a record read from the cache lists its tasks sorted, a fresh one in the subset's order: same interval
+    curve = _hand_curve()
+    flipped = curve.assign(correct=[dict(reversed(list(c.items()))) for c in curve["correct"]])
+    for size in (2, 3):
+        d1 = casestudy.scaling_difference(curve, "ties", "task_arithmetic", size)
+        d2 = casestudy.scaling_difference(flipped, "ties", "task_arithmetic", size)
+        assert (d1.low, d1.high) == (d2.low, d2.high)
