@@ -51,3 +51,14 @@ def test_track_note_only_off_the_laptop_track():
     for bad in ("", None, 3):
         with pytest.raises(ValueError, match="track"):
             track_note(bad)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_a_chapter_with_a_track_switch_shows_the_track_note(path):
+    """A chapter whose parameters cell sets TRACK shows lsedu.utils.track_note(TRACK): on the paper track its laptop
+    prose and skipped guards are announced."""
+    cells = json.loads(path.read_text())["cells"]
+    code = ["".join(c["source"]) for c in cells if c["cell_type"] == "code"]
+    if not any(re.match(r"TRACK = ", c) for c in code):
+        pytest.skip("no track switch")
+    assert any("track_note(TRACK)" in c for c in code), f"{path.name} sets TRACK but never shows track_note(TRACK)"
