@@ -448,3 +448,92 @@ def test_setup_localize_is_localize_trained_with_validation_and_cached(toy, monk
     assert all(torch.equal(mask[n], again[n]) for n in mask) and again_log == log
     with pytest.raises(Trained):  # another recipe is another entry, so it trains
         toy.localize("a", **{**kw, "l1": 1e-2})
+
+
+# ----------------------------------------------------------------------------- remembered scores
+
+
+class RememberingToy(ToySetup):
+    remember_scores = True
+
+
+def _count_predictions(setup, monkeypatch) -> list:
+    calls = []
+    predict = type(setup).predict
+
+    def counted(self, task, forward, batch):
+        calls.append(task)
+        return predict(self, task, forward, batch)
+
+    monkeypatch.setattr(type(setup), "predict", counted)
+    return calls
+
+
+def test_a_remembered_score_is_read_back_not_run_again(private_cache, monkeypatch):
+    toy = RememberingToy(device="cpu", progress=False)
+    calls = _count_predictions(toy, monkeypatch)
+    pre = toy.pretrained()
+    first = toy.correct(pre, "a", "test", batch_size=32)
+    ran = len(calls)
+    assert ran > 0 and len(list((private_cache / "scores").glob("*.json"))) == 1
+    again = RememberingToy(device="cpu", progress=False).correct(pre, "a", "test", batch_size=32)
+    assert torch.equal(again, first) and again.dtype == torch.bool and len(calls) == ran
+    # evaluate and evaluate_all read the same entries
+    assert toy.evaluate(pre, "a", batch_size=32) == int(first.sum()) / len(first) and len(calls) == ran
+    assert toy.evaluate_all(pre, ["a"], batch_size=32)["a"] == toy.evaluate(pre, "a", batch_size=32)
+    assert len(calls) == ran
+    # and it is what a setup that remembers nothing computes
+    assert torch.equal(ToySetup(device="cpu", progress=False).correct(pre, "a", "test", batch_size=32), first)
+
+
+def test_any_change_of_weights_or_examples_scores_afresh(private_cache, monkeypatch):
+    toy = RememberingToy(device="cpu", progress=False)
+    pre = toy.pretrained()
+    toy.correct(pre, "a", "test", batch_size=32)
+    calls = _count_predictions(toy, monkeypatch)
+    name = next(iter(pre))
+    nudged = dict(pre)
+    nudged[name] = pre[name].clone()
+    nudged[name].view(-1)[0] = torch.nextafter(nudged[name].view(-1)[0], torch.tensor(1e9))  # one ulp
+    for args in [(nudged, "a", "test", 32, None), (pre, "b", "test", 32, None), (pre, "a", "val", 32, None),
+                 (pre, "a", "test", 16, None), (pre, "a", "test", 32, 10)]:
+        before = len(calls)
+        toy.correct(*args)
+        assert len(calls) > before, args
+    assert len(list((private_cache / "scores").glob("*.json"))) == 6
+    # a limit of the whole split or more is the whole split: the same entry
+    before = len(calls)
+    toy.correct(pre, "a", "test", 32, limit=10**6)
+    assert len(calls) == before
+
+
+def test_a_partial_body_is_remembered_as_the_whole_body(private_cache, monkeypatch):
+    toy = RememberingToy(device="cpu", progress=False)
+    pre = toy.pretrained()
+    toy.correct(pre, "a")
+    calls = _count_predictions(toy, monkeypatch)
+    part = {n: t for i, (n, t) in enumerate(pre.items()) if i == 0}
+    toy.correct(part, "a")  # the rest comes from the pretrained weights: the same model
+    assert calls == []
+
+
+def test_body_digest_tells_every_change_apart():
+    from lsedu.zoo.cache import body_digest
+
+    sd = {"w": torch.arange(6.0).reshape(2, 3), "b": torch.zeros(3)}
+    d = body_digest(sd)
+    assert d == body_digest({"b": sd["b"].clone(), "w": sd["w"].clone()})  # order and copies do not matter
+    assert d == body_digest({"w": sd["w"].t().contiguous().t(), "b": sd["b"]})  # nor the memory layout
+    changed = [{**sd, "w": sd["w"] + torch.tensor([[0, 0, 0], [0, 0, 1e-6]])},
+               {**sd, "w": sd["w"].reshape(3, 2)}, {**sd, "w": sd["w"].double()},
+               {"v": sd["w"], "b": sd["b"]}, {"w": sd["w"]}, {**sd, "b": -sd["b"]}]  # -0.0 has other bytes
+    digests = [body_digest(x) for x in changed]
+    assert d not in digests and len(set(digests)) == len(digests)
+    assert body_digest({"s": torch.tensor(1.0)}) != body_digest({"s": torch.tensor([1.0])})
+
+
+def test_the_zoo_setups_remember_scores_and_test_doubles_do_not():
+    from lsedu.zoo.base import SETUPS
+
+    assert all(SETUPS[(name, "laptop")].remember_scores for name in ("vision", "text", "causal_lm"))
+    assert not ToySetup.remember_scores

@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 
 from ..config import Check, Config, check_arg, checked, integer, number, optional
 from ..utils import get_device
-from .cache import StateDict, cached, partial_path, save_atomic
+from .cache import StateDict, body_digest, cached, load_record, partial_path, save_atomic, save_record
 
 # ----------------------------------------------------------------------------- data
 
@@ -268,6 +268,12 @@ class Setup(abc.ABC):
     tasks: tuple[str, ...] = ()
     finetune_config: FinetuneConfig = FinetuneConfig()
     merge_patterns: tuple[str, ...] | None = None
+    #: Whether :meth:`correct` remembers what it computed, on disk next to the fine-tunes (``$LSEDU_CACHE``, kind
+    #: ``scores``), keyed by :func:`~lsedu.zoo.cache.body_digest` of the weights, the setup's identity, the task,
+    #: the split, the limit, the batch size and the lsedu version: then no notebook evaluates the same model on the
+    #: same examples twice, and a rebuilt book reads its evaluations back. The zoo's setups turn it on; a subclass
+    #: whose predictions depend on more than its identity and its weights leaves it off.
+    remember_scores: bool = False
 
     def __init__(self, device: str | torch.device | None = None, progress: bool = True):
         self.device = get_device(device)
@@ -340,6 +346,12 @@ class Setup(abc.ABC):
 
         One module is reused across calls: do not keep it between calls.
         """
+        body = self._whole(body)
+        self._module.load_state_dict(dict(body), strict=True)
+        return self._module.eval()
+
+    def _whole(self, body: Mapping[str, torch.Tensor]) -> Mapping[str, torch.Tensor]:
+        """``body`` with the tensors it lacks taken from the pretrained weights; ValueError on a foreign tensor."""
         if self._module is None:
             self._module = self.build_body().to(self.device)
         missing = set(self._module.state_dict()) - set(body)
@@ -349,8 +361,7 @@ class Setup(abc.ABC):
         if missing:
             # A body may cover only part of the model: the rest is the pretrained weights.
             body = {**{n: t for n, t in self.pretrained().items() if n in missing}, **body}
-        self._module.load_state_dict(dict(body), strict=True)
-        return self._module.eval()
+        return body
 
     def merge_names(self) -> list[str]:
         """The body tensors a merge combines, in the pretrained state dict's order (worked out once).
@@ -395,11 +406,36 @@ class Setup(abc.ABC):
 
         In the split's stored order, whatever order the batches ran in, so two
         bodies' vectors pair example by example (``lsedu.stats.paired_bootstrap``).
+        With :attr:`remember_scores`, a body already scored on these examples
+        is not run again: its vector is read back.
         """
+        return self._correct(body, task, split, batch_size, limit)
+
+    @torch.no_grad()
+    def _correct(self, body, task, split, batch_size, limit, digest: str | None = None) -> torch.Tensor:
+        """:meth:`correct`; ``digest``: :func:`~lsedu.zoo.cache.body_digest` of the whole body, if known."""
         data = self.task(task).split(split)
         check_arg(limit, "limit", optional(integer(low=1)))
         if limit is not None and limit < len(data):
             data = data.subset(range(limit))
+        else:
+            limit = None  # the whole split
+        key = None
+        if self.remember_scores:
+            from .. import __version__
+
+            digest = digest or body_digest(self._whole(body))
+            key = self.cache_key("scores", task=task, split=split, limit=limit, batch_size=batch_size,
+                                 device=self.device.type, body=digest, lsedu=__version__)
+            hit = load_record("scores", key)
+            if hit is not None and len(hit["correct"]) == len(data):
+                return torch.tensor([c == "1" for c in hit["correct"]], dtype=torch.bool)
+        right = self._run_correct(body, task, data, batch_size)
+        if key is not None:
+            save_record("scores", key, {"correct": "".join("1" if x else "0" for x in right.tolist())})
+        return right
+
+    def _run_correct(self, body, task: str, data: Split, batch_size: int) -> torch.Tensor:
         order = self.eval_order(task, data)
         if order is not None:  # accuracy counts the same examples in any order
             data = data.subset(order.tolist())
@@ -450,12 +486,21 @@ class Setup(abc.ABC):
     def evaluate_all(self, body: Mapping[str, torch.Tensor], tasks: Sequence[str] | None = None,
                      split: str = "test", batch_size: int = 64, limit: int | None = None) -> dict[str, float]:
         """``{task: accuracy}`` of ``body`` on every task (or ``tasks``), as :meth:`evaluate` with ``limit``."""
-        return {t: self.evaluate(body, t, split, batch_size, limit=limit) for t in (tasks or self.tasks)}
+        if type(self).evaluate is not Setup.evaluate:  # a subclass scores its own way
+            return {t: self.evaluate(body, t, split, batch_size, limit=limit) for t in (tasks or self.tasks)}
+        return {t: int(right.sum()) / len(right)
+                for t, right in self.correct_all(body, tasks, split, batch_size, limit).items()}
 
     def correct_all(self, body: Mapping[str, torch.Tensor], tasks: Sequence[str] | None = None,
                     split: str = "test", batch_size: int = 64, limit: int | None = None) -> dict[str, torch.Tensor]:
         """``{task: [examples] bool}`` of ``body`` on every task (or ``tasks``), as :meth:`correct` with ``limit``."""
-        return {t: self.correct(body, t, split, batch_size, limit=limit) for t in (tasks or self.tasks)}
+        tasks = tasks or self.tasks
+        if type(self).correct is not Setup.correct:  # a subclass scores its own way
+            return {t: self.correct(body, t, split, batch_size, limit=limit) for t in tasks}
+        for t in tasks:
+            self.task(t)  # an unknown task fails before the body is hashed
+        digest = body_digest(self._whole(body)) if self.remember_scores else None
+        return {t: self._correct(body, t, split, batch_size, limit, digest) for t in tasks}
 
     #: Training saves its progress (:func:`~lsedu.zoo.cache.partial_path`) at most this often, in seconds: an
     #: interruption loses at most this much work, and the weights with their Adam state (three copies of the

@@ -434,6 +434,7 @@ class CausalLMSetup(MultipleChoiceLM, Setup):
     """
 
     name = "causal_lm"
+    remember_scores = True  # Setup.correct: no model is scored twice on the same examples
     track = "laptop"
     tasks = tuple(SKILLS)
 

@@ -406,6 +406,7 @@ class TextSetup(ClassificationSetup):
     """
 
     name = "text"
+    remember_scores = True  # Setup.correct: no model is scored twice on the same examples
     track = "laptop"
     tasks = TASKS
 

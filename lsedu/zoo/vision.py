@@ -422,6 +422,7 @@ class VisionSetup(ClassificationSetup):
     """
 
     name = "vision"
+    remember_scores = True  # Setup.correct: no model is scored twice on the same examples
     track = "laptop"
 
     def __init__(self, device: str | torch.device | None = None, progress: bool = True,

@@ -236,6 +236,9 @@ class PaperSetup(Setup):
         self._injected = _check_data(data, self.task_table, type(self).__name__)
         self.tasks = _pick_tasks(tasks, tuple(self.task_table), self._injected, self.task_table)
         self.finetune_config = self.config.finetune
+        # Setup.correct remembers scores for the real models and the hub's data, which the identity pins down;
+        # injected data and tiny random models (the offline tests) are scored afresh
+        self.remember_scores = self._injected is None and not self.tiny
 
     def model_name(self) -> str:
         """The model in :meth:`identity`: the config's hub id, or :attr:`tiny_name`."""
