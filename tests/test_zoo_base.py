@@ -537,3 +537,14 @@ def test_the_zoo_setups_remember_scores_and_test_doubles_do_not():
 
     assert all(SETUPS[(name, "laptop")].remember_scores for name in ("vision", "text", "causal_lm"))
     assert not ToySetup.remember_scores
+
+
+def test_a_damaged_score_record_is_scored_again_and_replaced(private_cache):
+    toy = RememberingToy(device="cpu", progress=False)
+    pre = toy.pretrained()
+    first = toy.correct(pre, "a")
+    (path,) = (private_cache / "scores").glob("*.json")
+    for damaged in ["{not json", "[]", '{"config": {}}']:
+        path.write_text(damaged)
+        assert torch.equal(toy.correct(pre, "a"), first)
+        assert json.loads(path.read_text())["metrics"]["correct"]  # written over with the right record

@@ -153,9 +153,12 @@ def load_record(kind: str, config: Mapping[str, Any]) -> dict | None:
     _, path = entry_paths(kind, config)
     if not path.exists():
         return None
-    rec = json.loads(path.read_text())
-    if rec.get("config") != json.loads(json.dumps(config)):  # a hash collision, or a hand-edited file
+    try:
+        rec = json.loads(path.read_text())
+    except ValueError:  # not JSON (a damaged disk, a hand-edited file): a miss, rebuilt and written over atomically
         return None
+    if not isinstance(rec, dict) or rec.get("config") != json.loads(json.dumps(config)) or "metrics" not in rec:
+        return None  # a hash collision, or a hand-edited file
     return rec["metrics"]
 
 
