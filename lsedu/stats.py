@@ -174,7 +174,7 @@ def paired_bootstrap(a: Mapping[str, object], b: Mapping[str, object], *, resamp
 
 
 def format_difference(d: PairedDifference, digits: int = 1) -> str:
-    """``"+1.2 [+0.4, +2.0]"``: the difference and its interval in points.
+    """``"+1.2 [+0.4, +2.0]"``: the difference and its interval in points (never "-0.0", as :func:`format_interval`).
 
     Explained in notebook 06 (06_case_language.ipynb).
     """
@@ -182,7 +182,7 @@ def format_difference(d: PairedDifference, digits: int = 1) -> str:
         raise TypeError(f"d must be a PairedDifference, got {type(d).__name__}")
     if any(math.isnan(v) for v in (d.diff, d.low, d.high)):
         return "n/a"
-    return f"{100 * d.diff:+.{digits}f} {format_interval(d, digits)}"
+    return f"{_points(d.diff, digits)} {format_interval(d, digits)}"
 
 
 def format_interval(d: PairedDifference, digits: int = 1) -> str:
@@ -196,9 +196,14 @@ def format_interval(d: PairedDifference, digits: int = 1) -> str:
 
 
 def _points(x: float, digits: int) -> str:
-    """``x`` in signed points, with more digits where ``digits`` would round a non-zero value to 0 ("-0.0")."""
+    """``x`` in signed points, with more digits where ``digits`` would round a non-zero value to 0 ("-0.0").
+
+    An exact zero, negative zero included, is "+0.0".
+    """
+    if x == 0:
+        return f"{0.0:+.{digits}f}"
     for k in range(digits, digits + 3):
-        if round(100 * x, k) != 0 or x == 0:
+        if round(100 * x, k) != 0:
             break
     return f"{100 * x:+.{k}f}"
 

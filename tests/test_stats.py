@@ -145,6 +145,9 @@ def test_format_difference():
     from lsedu.stats import format_interval
 
     assert format_interval(PairedDifference(0.01, -0.0004, 0.02, 0.95, 100, 10, 1)) == "[-0.04, +2.0]"
+    # Never "-0.0": a small negative difference gets the digits it needs, a negative zero is "+0.0".
+    assert format_difference(PairedDifference(-0.0004, -0.01, 0.01, 0.95, 100, 10, 1)) == "-0.04 [-1.0, +1.0]"
+    assert format_difference(PairedDifference(-0.0, -0.0, 0.0, 0.95, 100, 10, 1)) == "+0.0 [+0.0, +0.0]"
 
 
 @pytest.mark.parametrize("a, b, kwargs, match", [
