@@ -28,9 +28,12 @@ module                 what                                             notebook
 ``merge``              ``lsedu merge``: streamed merges of checkpoints   appendix
                        larger than memory (``merge``, ``Checkpoint``)
 ``explore``            the sparsity and overlap explorers (widgets)      05
-``casestudy``          ``comparison_table``, ``scaling_curve``            06-09
-``stats``              ``paired_bootstrap``: intervals for differences    06-08
-                       between methods scored on the same items
+``casestudy``          ``comparison_table``, ``run_rows``,                06-09
+                       ``paired_differences``, ``verdict``,
+                       ``scaling_curve``, ``scaling_verdict``
+``stats``              ``paired_bootstrap``: intervals for differences    06-09
+                       between methods scored on the same items;
+                       ``format_difference``, ``describe``
 ``exercises``          ``check_*`` for the exercises                      02-05
 =====================  ===============================================  ========
 """

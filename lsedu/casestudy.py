@@ -1,4 +1,4 @@
-"""Case studies: every merging method on one setup, in one table (the case-study notebooks 07 and 09).
+"""Case studies: every merging method on one setup, in one table (the case-study notebooks 06 to 09).
 
 The Localize-and-Stitch paper (He et al. 2025, arXiv 2408.13656, Tables 1-3)
 compares merging methods on RoBERTa, CLIP and GPT2-XL. :func:`comparison_table`
@@ -15,7 +15,7 @@ track:
    baseline (``setup.multitask``), which the paper does not report.
 
 :func:`summarize` turns the per-run records into the table (mean and std over
-seeds); :func:`plot_comparison` draws it. :func:`scaling_curve` merges 2, 3,
+seeds); :func:`pretty` formats it and :func:`plot_comparison` draws it. :func:`scaling_curve` merges 2, 3,
 ..., N tasks at a time (notebook 09, after Yadav et al. 2024, "What Matters
 for Model Merging at Scale?", arXiv 2410.03617).
 
@@ -28,14 +28,17 @@ examples it got right, so two rows compare *paired*:
 :func:`paired_differences` and :func:`ordering_steps` give each difference
 a 95% interval by bootstrap over the examples (and the fine-tune seeds),
 :func:`lsedu.stats.paired_bootstrap`, and call it a tie unless the interval
-excludes zero.
+excludes zero; :func:`verdict` puts one such comparison in words for the
+prose, :func:`plot_differences` draws the intervals, and
+:func:`scaling_differences` and :func:`scaling_verdict` do the same for a
+point of the scaling curve.
 
 Each row of each fine-tune seed is cached on its own, like fine-tunes
 (``$LSEDU_CACHE``, kind ``casestudy``), keyed by the setup's identity, the
 tasks, the fine-tune configs, the fields of :class:`CaseStudyConfig` the row
-depends on (:data:`ROW_DEPENDS`) and the lsedu version. :func:`run_rows`
-computes a few rows at a time, so a notebook can spread a cold table over
-several cells.
+depends on (:data:`ROW_DEPENDS`) and the lsedu version. :func:`finetune_all`
+trains (or reads back) every fine-tune first and :func:`run_rows` computes a
+few rows at a time, so a notebook can spread a cold table over several cells.
 """
 
 from __future__ import annotations
