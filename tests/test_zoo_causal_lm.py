@@ -13,6 +13,8 @@ import json
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from lsedu.zoo import AssetMissing, FinetuneConfig
 from lsedu.zoo import assets as zoo_assets
@@ -86,6 +88,57 @@ def test_choice_logprobs_match_lm_eval_and_a_naive_loop(tok):
     torch.testing.assert_close(flat, ref, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(flat, naive, atol=1e-4, rtol=1e-4)
     assert flat.std() > 0.1  # the options really get different scores
+
+
+@pytest.mark.parametrize("max_tokens", [2048, 24, 1])
+def test_scoring_in_small_chunks_and_shared_positions_matches_a_naive_loop(tok, max_tokens):
+    """Inputs of mixed lengths cut into several chunks (down to one row each, and rows longer than the budget),
+    and one-token options after one prompt, which share the position the output layer runs at."""
+    items = ITEMS + [{"prompt": "Pick a letter:", "options": ["x", "y", "z"]},
+                     {"prompt": "Is this movie review positive or negative? Review: a dull and lazy film, "
+                                "the fox jumps over the dog.", "options": ["positive", "negative"]}]
+    model = tiny_model(tok)
+    contexts = [it["prompt"] for it in items for _ in it["options"]]
+    enc = clm.encode_choices(tok, contexts, [o for it in items for o in it["options"]])
+    letters = enc["input_ids"][len(contexts) - 5:len(contexts) - 2]
+    assert (letters == letters[:1]).all()  # the letters' rows read one input: one position predicts all three
+    lengths = sorted(enc["attention_mask"].sum(1).tolist(), reverse=True)
+    assert len(lm_scoring.length_chunks(lengths, max_tokens)) > (1 if max_tokens < 2048 else 0)
+    with torch.no_grad():
+        ours = clm.continuation_logprobs(model, enc, max_tokens=max_tokens)
+    naive = torch.tensor([naive_logprob(model, tok, c, o) for c, o in
+                          zip(contexts, [o for it in items for o in it["options"]])])
+    torch.testing.assert_close(ours, naive, atol=1e-4, rtol=1e-4)
+
+
+def brute_force_cost(lengths, max_tokens, overhead):
+    """The cheapest split over every set of cut points, from the definition."""
+    import itertools
+
+    n, best = len(lengths), float("inf")
+    for cuts in itertools.product([False, True], repeat=n - 1):
+        bounds = [0] + [i + 1 for i, c in enumerate(cuts) if c] + [n]
+        chunks = list(zip(bounds, bounds[1:]))
+        if all(b - a == 1 or (b - a) * lengths[a] <= max_tokens for a, b in chunks):
+            best = min(best, sum((b - a) * lengths[a] + overhead for a, b in chunks))
+    return best
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(1, 40), min_size=1, max_size=9), st.integers(1, 120), st.integers(0, 80))
+def test_length_chunks_is_the_cheapest_split(lengths, max_tokens, overhead):
+    lengths = sorted(lengths, reverse=True)
+    chunks = lm_scoring.length_chunks(lengths, max_tokens, overhead)
+    assert [a for a, _ in chunks] == [0] + [b for _, b in chunks[:-1]] and chunks[-1][1] == len(lengths)
+    assert all(b - a == 1 or (b - a) * lengths[a] <= max_tokens for a, b in chunks)  # a long row alone
+    cost = sum((b - a) * lengths[a] + overhead for a, b in chunks)
+    assert cost == brute_force_cost(lengths, max_tokens, overhead)
+
+
+def test_length_chunks_needs_sorted_lengths():
+    with pytest.raises(ValueError, match="sorted longest first"):
+        lm_scoring.length_chunks([3, 5, 1], 100)
+    assert lm_scoring.length_chunks([], 100) == []
 
 
 def test_choose_acc_and_acc_norm():

@@ -141,9 +141,10 @@ def continuation_logprobs(forward: Forward, enc: Mapping[str, torch.Tensor], max
     the cost (``benchmarks/bench_lm_scoring.py``): the prefix that every
     input shares (the chat template and the skill's instruction) runs once,
     and its keys and values are reused by every row (:func:`shared_prefix`);
-    inputs are sorted by length so that a chunk pads little; and the output
-    layer, a 49,152-way product at every position, runs only at the
-    positions that predict a continuation token. Any other ``forward`` (a
+    inputs are sorted by length and cut into the chunks that pad least
+    (:func:`length_chunks`); and the output layer, a 49,152-way product at
+    every position, runs only at the positions that predict a continuation
+    token, once for the options that share such a position. Any other ``forward`` (a
     plain function returning logits) takes the direct route: full logits.
 
     Not called in a notebook: the causal-LM setups of both tracks (notebook 08) use it; see notebook 08
@@ -193,6 +194,37 @@ def shared_prefix(ids: torch.Tensor, mask: torch.Tensor, first_target: torch.Ten
     return int(differ[0]) if len(differ) else limit
 
 
+def length_chunks(lengths: Sequence[int], max_tokens: int, overhead: int = 64) -> list[tuple[int, int]]:
+    """Consecutive ``(start, stop)`` chunks of ``lengths`` (sorted longest first) that cost the fewest padded tokens.
+
+    A chunk of rows runs as one batch padded to its first (longest) row, so
+    it costs ``len(chunk) * lengths[start]`` tokens, plus ``overhead`` tokens'
+    worth for the forward call itself, and it holds at most ``max_tokens``
+    padded tokens (a single longer row runs alone). Dynamic programming over
+    the cut points finds the cheapest split: a batch of a few long inputs and
+    many short ones runs as two forwards, not one padded to the longest.
+
+    Not called in a notebook: :func:`continuation_logprobs` batches with it; see notebook 08
+    (08_case_causal_lm.ipynb).
+    """
+    n = len(lengths)
+    if any(lengths[i] < lengths[i + 1] for i in range(n - 1)):
+        raise ValueError("lengths must be sorted longest first")
+    best = [float("inf")] * n + [0.0]  # best[i]: the cheapest split of lengths[i:], filled from the end
+    cut = [n] * (n + 1)
+    for i in range(n - 1, -1, -1):
+        width = max(int(lengths[i]), 1)
+        for j in range(i + 1, min(n, i + max(1, max_tokens // width)) + 1):
+            cost = (j - i) * width + overhead + best[j]
+            if cost < best[i]:
+                best[i], cut[i] = cost, j
+    chunks, i = [], 0
+    while i < n:
+        chunks.append((i, cut[i]))
+        i = cut[i]
+    return chunks
+
+
 def _scored_by_positions(model, enc, ids, mask, inverse, out, max_tokens: int) -> torch.Tensor:
     """:func:`continuation_logprobs` for a transformers causal LM: shared prefix once, head at the targets only."""
     body, head = _body_and_head(model)
@@ -212,11 +244,9 @@ def _scored_by_positions(model, enc, ids, mask, inverse, out, max_tokens: int) -
     rows_of = [[] for _ in range(len(ids))]
     for r, u in enumerate(inverse.tolist()):
         rows_of[u].append(r)
-    s = 0
-    while s < len(order):
-        w = int(lengths[order[s]]) - P  # the longest suffix in this chunk (sorted: the first)
-        chunk = order[s:s + max(1, max_tokens // max(w, 1))]
-        s += len(chunk)
+    for start, stop in length_chunks((lengths[order] - P).tolist(), max_tokens):
+        chunk = order[start:stop]
+        w = int(lengths[chunk[0]]) - P  # the longest suffix in this chunk (sorted: the first)
         B = len(chunk)
         kw = {"input_ids": ids[chunk, P:P + w], "attention_mask": mask[chunk, :P + w],
               "position_ids": torch.arange(P, P + w, device=ids.device).expand(B, w)}
@@ -233,8 +263,11 @@ def _scored_by_positions(model, enc, ids, mask, inverse, out, max_tokens: int) -
                 tgt.append(enc["targets"][r, p])
                 dest.append(torch.full_like(p, r))
         b_idx, pos, tgt, dest = (torch.cat(x) for x in (b_idx, pos, tgt, dest))
-        logits = head(hidden[b_idx, pos]).float()  # [positions, vocab]: only where a target is predicted
-        lp = logits.gather(-1, tgt[:, None])[:, 0] - torch.logsumexp(logits, -1)
+        # The options of an item that differ only in their last token predict it from the same position: the
+        # output layer and its normaliser run once per distinct (row, position), then each target reads its logit.
+        where, at = torch.unique(b_idx * w + pos, return_inverse=True)
+        logits = head(hidden[where // w, where % w]).float()  # [positions, vocab]: only where a target is predicted
+        lp = logits[at, tgt] - torch.logsumexp(logits, -1)[at]
         out.index_add_(0, dest, lp)
     del past
     return out
