@@ -7,6 +7,7 @@ Explained in notebook 03 (task arithmetic).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -47,6 +48,39 @@ class LambdaSearch:
     best_lambda: float
     best_score: float
     scores: dict[float, float]
+    #: "low" or "high" when the best lambda is the grid's smallest (other than 0) or largest value, else None.
+    at_edge: str | None = None
+
+
+def lambda_beyond(values: Sequence[float], side: str) -> float | None:
+    """The next lambda past the ``side`` ("low" or "high") edge of ``values``: one more step of the grid's own
+    spacing at that edge; below the smallest positive value, never down to 0 or under (half of it instead).
+
+    None for fewer than 2 values (no spacing to extend by). Used by :func:`pick_lambda` and by
+    :func:`lsedu.casestudy.grid_search` to widen a grid.
+
+    Explained in notebook 03 (03_task_arithmetic.ipynb).
+    """
+    v = sorted(values)
+    if len(v) < 2:
+        return None
+    if side == "high":
+        new = v[-1] + (v[-1] - v[-2])
+    else:
+        new = v[0] - (v[1] - v[0])
+        if v[0] > 0 >= new:
+            new = v[0] / 2
+    new = round(new, 6)
+    return None if new in v else new
+
+
+def _edge(scores: Mapping[float, float], best: float) -> str | None:
+    """Which edge of the searched lambdas ``best`` is: "high", "low" (never lambda 0: the pretrained model), None."""
+    if len(scores) < 2:
+        return None
+    if best == max(scores):
+        return "high"
+    return "low" if best == min(scores) and best != 0 else None
 
 
 def pick_lambda(
@@ -55,6 +89,8 @@ def pick_lambda(
     evaluate: Callable[[StateDict], float],
     grid: Sequence[float] = DEFAULT_GRID,
     merge: Callable[..., StateDict] = task_arithmetic,
+    *,
+    widen: int = 0,
     **merge_kwargs,
 ) -> LambdaSearch:
     """Choose ``lam`` by validation: ``argmax_lam evaluate(merge(base, task_vectors, lam=lam))``.
@@ -64,6 +100,14 @@ def pick_lambda(
     ``merge_kwargs`` (a TIES ``density``, say) are passed through. On equal
     scores the first lambda in ``grid`` wins.
 
+    When the best lambda is the grid's largest value, or its smallest other
+    than 0 (lambda = 0 is the pretrained model itself: nothing lies below it),
+    a value beyond the grid may score better. With ``widen`` > 0 the search
+    then scores the next value beyond that edge (:func:`lambda_beyond`), up to
+    ``widen`` values per edge; ``scores`` holds every lambda scored. If the
+    best is still at an edge, it warns (``UserWarning``, naming the value and
+    the grid) and ``at_edge`` says which edge.
+
     Explained in notebook 03 (03_task_arithmetic.ipynb).
     """
     if isinstance(grid, (str, Mapping)) or not isinstance(grid, Iterable):
@@ -71,9 +115,26 @@ def pick_lambda(
     grid = check_nonempty_list(list(grid), "grid", "lambda values")
     if not callable(evaluate):
         raise TypeError(f"evaluate must be a callable state_dict -> float, got {type(evaluate).__name__}")
+    if isinstance(widen, bool) or not isinstance(widen, int) or widen < 0:
+        raise ValueError(f"widen must be a non-negative int, got {widen!r}")
     scores: dict[float, float] = {}
-    for lam in grid:
-        lam = check_scalar(lam, "grid value")
+
+    def score(lam: float) -> None:
         scores[lam] = _score(evaluate, merge(base, task_vectors, lam=lam, **merge_kwargs), f"lam={lam}")
-    best = max(scores, key=lambda lam: scores[lam])  # max() keeps the first of equal scores
-    return LambdaSearch(best, scores[best], scores)
+
+    for lam in grid:
+        score(check_scalar(lam, "grid value"))
+    grown = {"low": 0, "high": 0}
+    while True:
+        best = max(scores, key=lambda lam: scores[lam])  # max() keeps the first of equal scores
+        edge = _edge(scores, best)
+        new = lambda_beyond(scores, edge) if edge and grown[edge] < widen else None
+        if new is None:
+            break
+        grown[edge] += 1
+        score(new)
+    if edge:
+        warnings.warn(f"pick_lambda: the best lambda {best:g} is the {edge}est value of the grid {sorted(scores)}"
+                      f"{f' after widening it {grown[edge]} times' if grown[edge] else ''}; a lambda beyond it may "
+                      f"score better: widen the grid", stacklevel=2)
+    return LambdaSearch(best, scores[best], scores, edge)

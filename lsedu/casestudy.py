@@ -59,7 +59,7 @@ from tqdm.auto import tqdm
 
 from . import __version__, methods
 from .analysis import storage
-from .arithmetic import task_arithmetic
+from .arithmetic import lambda_beyond, task_arithmetic
 from .config import Config, boolean, checked, choice, integer, integers, number, numbers, optional
 from .drop_rescale import dare_merge
 from .localize_stitch import localize_trained, stitch, stitch_dataless
@@ -251,13 +251,10 @@ def _beyond(values: Sequence[float], axis: str, side: str) -> float | None:
     if len(v) < 2:
         return None  # one value: no spacing to extend by, and nothing was searched
     if kind == "step":
-        new = v[-1] + (v[-1] - v[-2]) if side == "high" else v[0] - (v[1] - v[0])
-        if side == "low" and new <= low:
-            new = v[0] / 2
+        new = lambda_beyond(v, side)  # as pick_lambda widens: the grid's own step, halving towards 0
     else:
-        new = min(high, v[-1] * v[-1] / v[-2]) if side == "high" else v[0] * v[0] / v[1]
-    new = round(new, 6)
-    return None if new in v or not low < new <= high else new
+        new = round(min(high, v[-1] * v[-1] / v[-2]) if side == "high" else v[0] * v[0] / v[1], 6)
+    return None if new is None or new in v or not low < new <= high else new
 
 
 def grid_search(score: Callable[..., float], grid: Mapping[str, Sequence[float]], *, widen: int = 3,

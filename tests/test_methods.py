@@ -163,6 +163,52 @@ def test_pick_lambda_chooses_the_grid_maximum(base, finetunes):
     assert ties.best_lambda == 0.4
 
 
+@pytest.mark.parametrize("grid, edge", [([0.1, 0.2, 0.3], "high"), ([0.5, 0.6, 0.8], "low"),
+                                        ([0.2, 0.4, 0.6], None), ([0.0, 0.5, 1.0], None), ([0.4], None)])
+def test_pick_lambda_warns_when_the_best_lambda_is_at_an_edge(base, finetunes, grid, edge):
+    """The score peaks at lambda 0.4: a grid that stops short of it, on either side, says so; 0 is no edge."""
+    import warnings
+
+    tvs = [TaskVector.from_models(base, ft) for ft in finetunes]
+    target = lsedu.task_arithmetic(base, tvs, 0.4)
+
+    def evaluate(sd):
+        return -sum(float((sd[n] - target[n]).pow(2).sum()) for n in sd)
+
+    if grid[0] == 0.0:  # lambda 0 is best when the score rewards staying at the pretrained model
+        evaluate = (lambda sd: -sum(float((sd[n] - base[n]).pow(2).sum()) for n in sd))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        search = lsedu.pick_lambda(base, tvs, evaluate, grid=grid)
+    assert search.at_edge == edge
+    messages = [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
+    if edge is None:
+        assert not messages
+    else:
+        assert len(messages) == 1 and f"{edge}est value of the grid" in messages[0]
+        assert f"{search.best_lambda:g}" in messages[0]
+        # widened far enough, the search walks past the edge to the peak, and stops warning
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            wide = lsedu.pick_lambda(base, tvs, evaluate, grid=grid, widen=4)
+        assert wide.best_lambda == pytest.approx(0.4) and wide.at_edge is None
+        assert set(grid) < set(wide.scores) and len(wide.scores) <= len(grid) + 4
+
+
+@pytest.mark.parametrize("values, side, want", [([0.1, 0.2, 0.3], "high", 0.4), ([0.5, 0.6, 0.8], "low", 0.4),
+                                                ([0.1, 0.3], "low", 0.05), ([0.2, 0.4], "low", 0.1),
+                                                ([-0.2, -0.1], "low", -0.3), ([0.4], "high", None)])
+def test_lambda_beyond_steps_by_the_grid_and_halves_towards_zero(values, side, want):
+    assert lsedu.arithmetic.lambda_beyond(values, side) == (want if want is None else pytest.approx(want))
+
+
+def test_pick_lambda_rejects_a_bad_widen(base, finetunes):
+    tvs = [TaskVector.from_models(base, ft) for ft in finetunes]
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="widen must be a non-negative int"):
+            lsedu.pick_lambda(base, tvs, lambda sd: 0.0, grid=[0.1, 0.2], widen=bad)
+
+
 # --------------------------------------------------------------------------- TIES
 def naive_ties(base, tvs, density, lam):
     kept = [naive_topk_keys(tv, density) for tv in tvs]
