@@ -21,6 +21,9 @@ module                 what                                             notebook
 ``analysis``           ``mask_overlap``, ``density_per_layer``,          04, 05
                        ``sign_conflicts``, ``storage``
 ``topk``               exact global top-k in O(largest tensor) memory    04, 05
+``data_aware``         ``fisher_merge``, ``regmean_merge`` and the       book
+                       statistics they need (``diagonal_fisher``,
+                       ``gram_matrices``)
 ``methods``            the registry: each method's name, function,       book
                        parameters and defaults, data, label, grid
 ``conventions``        the reference tools' rules by name (TIES repo,    book

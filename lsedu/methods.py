@@ -19,7 +19,8 @@ rewrites it). A row records, once:
 * ``data``: what the method needs besides the checkpoints: ``"none"``,
   ``"unlabeled"`` inputs or ``"labeled"`` examples;
 * ``label``, the method's row in the case-study tables, and ``grid``, the
-  values its parameters are searched over on validation data there.
+  values its parameters are searched over on validation data there;
+  ``case_study`` is False for a method the case studies do not run yet.
 
 >>> from lsedu import methods
 >>> methods.get("ties").function.__name__
@@ -40,6 +41,7 @@ from typing import Any
 
 from . import _pages
 from .arithmetic import task_arithmetic
+from .data_aware import fisher_merge, regmean_merge
 from .config import Check, choice, integer, number
 from .drop_rescale import dare_merge
 from .localize_stitch import localize_trained, stitch_dataless
@@ -96,6 +98,7 @@ class Method:
     recipe: bool = True
     masks: bool = False
     not_in_recipe: str = ""
+    case_study: bool = True
 
     def __post_init__(self):
         if self.data not in DATA:
@@ -223,6 +226,15 @@ TRAINED = (
           why="The task gradients are tiny; Adam's step does not depend on their scale, SGD's does."),
 )
 
+FISHER_SMOOTH = Param(
+    "smooth", 1e-10, number(0), doc="added to every entry of every Fisher before the weighting",
+    why="The authors' code adds 1e-10 (its fisher_smooth), so an entry that no fine-tune's examples reach gets "
+        "the plain average of the fine-tunes instead of 0/0.")
+REGMEAN_ALPHA = Param(
+    "alpha", 1.0, number(0, 1), doc="scale of the off-diagonal entries of each Gram matrix (diagonal kept)",
+    why="1, no scaling, is the authors' code's default (regmean_reduce_nondiag: -1); Jin et al. 2023 lower it "
+        "when the summed Gram matrix is badly conditioned, as with few inputs.")
+
 # --- the validation grids of the case studies (their cached results depend on these values) -----------
 LAMBDA_GRID = (0.2, 0.4, 0.6, 0.8, 1.0)
 STITCH_DENSITIES = (0.01, 0.05, 0.2)
@@ -270,6 +282,24 @@ METHODS: tuple[Method, ...] = (
         not_in_recipe="it trains each task's mask on labeled examples, which a recipe cannot give; train the "
                       "masks in Python (lsedu.localize_trained), save them with lsedu.merge.save_masks and "
                       "merge with merge_method: localize_stitch and masks: {load: [...]}"),
+    Method(
+        name="fisher", key="fisher", label="Fisher merging", aliases=("fisher_merge",),
+        function=fisher_merge, inputs="finetuned, fishers", params=(FISHER_SMOOTH,), data="labeled", grid={},
+        recipe=False, case_study=False,
+        doc="theta = sum_i F_i theta_i / sum_i F_i per entry, F_i the diagonal Fisher of fine-tune i on its "
+            "labeled examples (Matena & Raffel 2022, Eq. 3); tensors without a Fisher are averaged.",
+        not_in_recipe="it weighs each fine-tune by its Fisher, computed from labeled examples, which a recipe "
+                      "cannot give; compute them in Python (lsedu.data_aware.diagonal_fisher) and call "
+                      "lsedu.data_aware.fisher_merge"),
+    Method(
+        name="regmean", key="regmean", label="RegMean", aliases=("regmean_merge",),
+        function=regmean_merge, inputs="finetuned, grams", params=(REGMEAN_ALPHA,), data="unlabeled", grid={},
+        recipe=False, case_study=False,
+        doc="each linear layer W = (sum_i W_i G_i)(sum_i G_i)^-1, G_i the Gram matrix of the inputs fine-tune i's "
+            "layer sees on its task (Jin et al. 2023, Eq. 2); every other tensor averaged.",
+        not_in_recipe="it needs each fine-tune's input Gram matrices, computed from its task's inputs, which a "
+                      "recipe cannot give; compute them in Python (lsedu.data_aware.gram_matrices) and call "
+                      "lsedu.data_aware.regmean_merge"),
 )
 
 
@@ -294,12 +324,12 @@ def get(name: str) -> Method:
 
 
 def labels() -> dict[str, str]:
-    """``{case-study key: table label}``, e.g. ``{"ties": "TIES", ...}``.
+    """``{case-study key: table label}``, e.g. ``{"ties": "TIES", ...}``, of the methods the case studies run.
 
     Not called in a notebook: casestudy's tables (notebooks 06 to 09) take their row labels from it; see
     book/methods.md.
     """
-    return {m.key: m.label for m in METHODS}
+    return {m.key: m.label for m in METHODS if m.case_study}
 
 
 # --- the table of book/methods.md ------------------------------------------------------------------------
@@ -323,7 +353,8 @@ def markdown_table() -> str:
     for m in METHODS:
         grid = "<br>".join(f"`{k}` in {list(v)}" for k, v in m.grid.items()) or "none"
         cells = [_code(m.name), ", ".join(_code(a) for a in m.names[1:]) or "", _code(m.usage()),
-                 "<br>".join(_param_cell(p) for p in m.params) or "none", m.data, m.fast_path, m.label, grid]
+                 "<br>".join(_param_cell(p) for p in m.params) or "none", m.data, m.fast_path,
+                 m.label if m.case_study else "none yet", grid]
         rows.append("| " + " | ".join(cells) + " |")
     return "\n".join(rows) + "\n"
 

@@ -16,12 +16,12 @@ import torch
 from ._checks import StateDict, all_finite, check_nonempty_list, check_same_layout, check_state_dict, is_real
 
 
-def _check_models(models) -> list:
-    models = check_nonempty_list(models, "models")
+def _check_models(models, arg: str = "models") -> list:
+    models = check_nonempty_list(models, arg)
     for i, m in enumerate(models):
-        check_state_dict(m, f"models[{i}]")
+        check_state_dict(m, f"{arg}[{i}]")
         if i:
-            check_same_layout(models[0], m, "models[0]", f"models[{i}]")
+            check_same_layout(models[0], m, f"{arg}[0]", f"{arg}[{i}]")
     return models
 
 
