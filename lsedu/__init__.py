@@ -21,6 +21,7 @@ module                 what                                             notebook
 ``analysis``           ``mask_overlap``, ``density_per_layer``,          04, 05
                        ``sign_conflicts``, ``storage``
 ``topk``               exact global top-k in O(largest tensor) memory    04, 05
+``consensus``          ``tall_masks``, ``consensus_merge``               book
 ``data_aware``         ``fisher_merge``, ``regmean_merge`` and the       book
                        statistics they need (``diagonal_fisher``,
                        ``gram_matrices``)

@@ -41,6 +41,7 @@ from typing import Any
 
 from . import _pages
 from .arithmetic import task_arithmetic
+from .consensus import consensus_merge
 from .data_aware import fisher_merge, regmean_merge
 from .config import Check, choice, integer, number
 from .drop_rescale import dare_merge
@@ -235,6 +236,18 @@ REGMEAN_ALPHA = Param(
     why="1, no scaling, is the authors' code's default (regmean_reduce_nondiag: -1); Jin et al. 2023 lower it "
         "when the summed Gram matrix is badly conditioned, as with few inputs.")
 
+CONSENSUS_K = Param(
+    "k", 2, integer(0), doc="how many tasks' TALL masks must hold an entry for it to stay",
+    why="The authors' default: it drops the entries that one task alone claims (selfish) and those that no task "
+        "claims (catastrophic). 0 is task arithmetic; more than the number of tasks is the pretrained model.")
+TALL_LAMBDA = Param(
+    "tall_lambda", 0.4, number(0), doc="lambda_t of the TALL masks |tau_t| > lambda_t * |tau_MTL - tau_t|",
+    why="The authors choose each task's lambda from 0.2 to 0.6 on its validation data; 0.4, the middle of that "
+        "range, serves without data.")
+LAM_CONSENSUS = replace(LAM_TASK_ARITHMETIC, doc="lambda in theta_pre + lambda * (m * sum_i tau_i)",
+                        why="Task arithmetic's lambda, for the same sum with the entries outside the consensus "
+                            "mask set to 0; tune it the same way.")
+
 # --- the validation grids of the case studies (their cached results depend on these values) -----------
 LAMBDA_GRID = (0.2, 0.4, 0.6, 0.8, 1.0)
 STITCH_DENSITIES = (0.01, 0.05, 0.2)
@@ -282,6 +295,13 @@ METHODS: tuple[Method, ...] = (
         not_in_recipe="it trains each task's mask on labeled examples, which a recipe cannot give; train the "
                       "masks in Python (lsedu.localize_trained), save them with lsedu.merge.save_masks and "
                       "merge with merge_method: localize_stitch and masks: {load: [...]}"),
+    Method(
+        name="consensus", key="consensus", label="Consensus merging (TALL masks)",
+        aliases=("consensus_merge", "tall_masks"), function=consensus_merge, inputs="base, task_vectors",
+        params=(CONSENSUS_K, TALL_LAMBDA, LAM_CONSENSUS), data="none", grid={}, recipe=False, case_study=False,
+        doc="TALL masks m_t = |tau_t| > lambda_t |tau_MTL - tau_t|; keep the entries at least k masks hold, then "
+            "task arithmetic on what is kept (Wang et al. 2024). Localize-and-Stitch's nearest relative.",
+        not_in_recipe="lsedu merge does not stream it yet; call lsedu.consensus.consensus_merge in Python"),
     Method(
         name="fisher", key="fisher", label="Fisher merging", aliases=("fisher_merge",),
         function=fisher_merge, inputs="finetuned, fishers", params=(FISHER_SMOOTH,), data="labeled", grid={},
