@@ -22,6 +22,7 @@ module                 what                                             notebook
                        ``sign_conflicts``, ``storage``
 ``topk``               exact global top-k in O(largest tensor) memory    04, 05
 ``consensus``          ``tall_masks``, ``consensus_merge``               book
+``isotropic``          ``iso_c_merge``                                   book
 ``data_aware``         ``fisher_merge``, ``regmean_merge`` and the       book
                        statistics they need (``diagonal_fisher``,
                        ``gram_matrices``)

@@ -45,6 +45,7 @@ from .consensus import consensus_merge
 from .data_aware import fisher_merge, regmean_merge
 from .config import Check, choice, integer, number
 from .drop_rescale import dare_merge
+from .isotropic import iso_c_merge
 from .localize_stitch import localize_trained, stitch_dataless
 from .soups import uniform_soup
 from .ties import ties_merge
@@ -248,6 +249,11 @@ LAM_CONSENSUS = replace(LAM_TASK_ARITHMETIC, doc="lambda in theta_pre + lambda *
                         why="Task arithmetic's lambda, for the same sum with the entries outside the consensus "
                             "mask set to 0; tune it the same way.")
 
+LAM_ISO_C = Param(
+    "lam", 1.0, _ANY, _LAM_ALIASES, doc="alpha in theta_pre + alpha * mean(S) U V^T",
+    why="Marczak et al. 2025 choose alpha on validation data; 1 adds the flattened sum at its own scale, the "
+        "mean singular value of the summed task vectors.")
+
 # --- the validation grids of the case studies (their cached results depend on these values) -----------
 LAMBDA_GRID = (0.2, 0.4, 0.6, 0.8, 1.0)
 STITCH_DENSITIES = (0.01, 0.05, 0.2)
@@ -302,6 +308,12 @@ METHODS: tuple[Method, ...] = (
         doc="TALL masks m_t = |tau_t| > lambda_t |tau_MTL - tau_t|; keep the entries at least k masks hold, then "
             "task arithmetic on what is kept (Wang et al. 2024). Localize-and-Stitch's nearest relative.",
         not_in_recipe="lsedu merge does not stream it yet; call lsedu.consensus.consensus_merge in Python"),
+    Method(
+        name="iso_c", key="iso_c", label="Iso-C", aliases=("iso_c_merge",), function=iso_c_merge,
+        inputs="base, task_vectors", params=(LAM_ISO_C,), data="none", grid={}, recipe=False, case_study=False,
+        doc="per weight matrix, the sum of the task vectors with every singular value set to their mean; other "
+            "tensors get the mean task vector (Marczak et al. 2025).",
+        not_in_recipe="lsedu merge does not stream it yet; call lsedu.isotropic.iso_c_merge in Python"),
     Method(
         name="fisher", key="fisher", label="Fisher merging", aliases=("fisher_merge",),
         function=fisher_merge, inputs="finetuned, fishers", params=(FISHER_SMOOTH,), data="labeled", grid={},
