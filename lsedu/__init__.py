@@ -23,6 +23,7 @@ module                 what                                             notebook
 ``topk``               exact global top-k in O(largest tensor) memory    04, 05
 ``consensus``          ``tall_masks``, ``consensus_merge``               book
 ``isotropic``          ``iso_c_merge``                                   book
+``adamerging``         ``adamerging``, ``prediction_entropy``            book
 ``data_aware``         ``fisher_merge``, ``regmean_merge`` and the       book
                        statistics they need (``diagonal_fisher``,
                        ``gram_matrices``)

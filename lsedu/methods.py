@@ -40,10 +40,11 @@ from types import MappingProxyType
 from typing import Any
 
 from . import _pages
+from .adamerging import adamerging
 from .arithmetic import task_arithmetic
 from .consensus import consensus_merge
 from .data_aware import fisher_merge, regmean_merge
-from .config import Check, choice, integer, number
+from .config import Check, boolean, choice, integer, number
 from .drop_rescale import dare_merge
 from .isotropic import iso_c_merge
 from .localize_stitch import localize_trained, stitch_dataless
@@ -254,6 +255,15 @@ LAM_ISO_C = Param(
     why="Marczak et al. 2025 choose alpha on validation data; 1 adds the flattened sum at its own scale, the "
         "mean singular value of the summed task vectors.")
 
+ADAMERGING = (
+    Param("layer_wise", True, boolean(), doc="one lambda per task and tensor (True) or per task (False)",
+          why="Layer-wise AdaMerging is the paper's stronger variant (its CLIP ViT-B/32 row the paper compares with)."),
+    Param("init", 0.3, number(0, 1), doc="the value every lambda starts from",
+          why="Yang et al. 2024 start from 0.3, task arithmetic's usual lambda."),
+    Param("lr", 1e-3, number(0, low_open=True), doc="Adam's step size for the lambdas",
+          why="The paper's learning rate."),
+)
+
 # --- the validation grids of the case studies (their cached results depend on these values) -----------
 LAMBDA_GRID = (0.2, 0.4, 0.6, 0.8, 1.0)
 STITCH_DENSITIES = (0.01, 0.05, 0.2)
@@ -314,6 +324,14 @@ METHODS: tuple[Method, ...] = (
         doc="per weight matrix, the sum of the task vectors with every singular value set to their mean; other "
             "tensors get the mean task vector (Marczak et al. 2025).",
         not_in_recipe="lsedu merge does not stream it yet; call lsedu.isotropic.iso_c_merge in Python"),
+    Method(
+        name="adamerging", key="adamerging", label="AdaMerging (layer-wise)", function=adamerging,
+        inputs="base, task_vectors, entropy, batches", params=ADAMERGING, data="unlabeled", grid={}, recipe=False,
+        case_study=False,
+        doc="theta_l = theta_pre,l + sum_t lambda_{t,l} tau_{t,l}, the lambdas minimising the entropy of the merged "
+            "model's predictions on unlabeled inputs (Yang et al. 2024).",
+        not_in_recipe="it learns its coefficients from the merged model's predictions on unlabeled inputs, which "
+                      "a recipe cannot give; call lsedu.adamerging.adamerging in Python"),
     Method(
         name="fisher", key="fisher", label="Fisher merging", aliases=("fisher_merge",),
         function=fisher_merge, inputs="finetuned, fishers", params=(FISHER_SMOOTH,), data="labeled", grid={},
