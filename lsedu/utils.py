@@ -1,9 +1,11 @@
-"""Small helpers every notebook uses: one seed, one device."""
+"""Small helpers every notebook uses: one seed, one device, one file hash."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -44,6 +46,27 @@ def get_device(prefer: str | None = None) -> torch.device:
     if torch.cuda.is_available():
         return torch.device("cuda")
     return torch.device("cpu")
+
+
+_HASHED: dict[tuple[str, int, float], str] = {}
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file, read in 1 MB blocks; remembered per (path, size, mtime) for this process.
+
+    Not called in a notebook: the asset checks of ``lsedu.zoo.load`` and the model card of ``lsedu merge`` use it;
+    see notebook 01 (01_weights_as_vectors.ipynb) and the appendix (appendix_streaming_merge.ipynb).
+    """
+    p = Path(path)
+    st = p.stat()
+    key = (str(p.resolve()), st.st_size, st.st_mtime)
+    if key not in _HASHED:
+        h = hashlib.sha256()
+        with open(p, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        _HASHED[key] = h.hexdigest()
+    return _HASHED[key]
 
 
 def glue(name: str, value, display: bool = False):

