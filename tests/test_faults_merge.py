@@ -284,6 +284,48 @@ def test_an_embedding_with_added_tokens_is_named_as_a_vocabulary_mismatch(tmp_pa
                                                r"embeddings have 10 and 12 rows, so the vocabularies differ")
 
 
+def save_tokenizer(folder: Path, extra: tuple[str, ...] = ()) -> None:
+    """A real fast tokenizer (byte-level BPE trained here), with ``extra`` tokens added, saved as tokenizer.json."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    t = Tokenizer(models.BPE(unk_token="<unk>"))
+    t.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    t.train_from_iterator(["merge the models, not the tokens"] * 4, trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<unk>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    t.add_tokens(list(extra))
+    t.save(str(folder / "tokenizer.json"))
+
+
+def test_tokenizers_that_map_tokens_to_other_ids_are_named(tmp_path, capsys):
+    """Same vocabulary size, same shapes, but a fine-tune whose added token takes an id the base gives another."""
+    r = make(tmp_path, method="ties")
+    save_tokenizer(tmp_path / "base", ("<base_tool>",))
+    save_tokenizer(tmp_path / "ft0", ("<chat>",))
+    fails(capsys, tmp_path, ["merge", str(r)], r"tokenizers differ: token '<base_tool>' is id \d+ in .*base/tokenizer"
+                                               r"\.json and absent in .*ft0/tokenizer\.json \(2 token\(s\) differ\)")
+
+
+def test_the_same_tokenizer_merges(tmp_path):
+    r = make(tmp_path, method="ties")
+    for d in ("base", "ft0"):
+        save_tokenizer(tmp_path / d, ("<tool>",))
+    assert cli.main(["merge", str(r)]) == 0
+    assert (tmp_path / "out" / "tokenizer.json").exists()  # the base's, copied next to the weights
+
+
+@pytest.mark.parametrize("name, base, ft, match", [
+    ("vocab.json", {"a": 0, "b": 1}, {"a": 1, "b": 0}, r"token 'a' is id 0 in .*base/vocab\.json and id 1 in .*ft0"),
+    ("vocab.txt", "[PAD]\nhello\nworld\n", "[PAD]\nworld\nhello\n", r"token 'hello' is id 1 in .*base/vocab\.txt"),
+    ("tokenizer.json", "{not json", "{}", r"base/tokenizer\.json: not a readable tokenizer file"),
+])
+def test_other_tokenizer_files_are_compared(tmp_path, capsys, name, base, ft, match):
+    r = make(tmp_path, method="ties")
+    for d, content in (("base", base), ("ft0", ft)):
+        text = content if isinstance(content, str) else json.dumps(content)
+        (tmp_path / d / name).write_text(text)
+    fails(capsys, tmp_path, ["merge", str(r)], match)
+
+
 def test_a_config_that_is_not_json_is_named(tmp_path, capsys):
     r = make(tmp_path)
     (tmp_path / "base" / "config.json").write_text("{vocab_size: 3")

@@ -4,8 +4,9 @@
 in this order, each failure a one-line error naming its culprit:
 
 1. the layouts: every model has the base's tensor names, shapes and dtypes,
-   and the configs (``config.json`` next to the weights) declare the same
-   vocabulary size; no merged tensor is float64 (the tool computes in
+   the configs (``config.json`` next to the weights) declare the same
+   vocabulary size, and the tokenizer files next to the weights map every
+   token to the same id (:func:`token_ids`); no merged tensor is float64 (the tool computes in
    float32; the Python API merges float64 exactly);
 2. the tensors merged: ``include``/``exclude`` select at least one
    floating-point tensor with entries, and loaded masks cover exactly those;
@@ -23,6 +24,7 @@ random numbers), and estimates the merge's peak memory, disk and time.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -72,11 +74,13 @@ def check_layouts(base: Checkpoint, models: Sequence[Checkpoint]) -> None:
     written; see the appendix (appendix_streaming_merge.ipynb).
     """
     vocab = _vocab_size(base)
+    tokens = token_ids(base.folder)
     for m in models:
         theirs = _vocab_size(m)
         if vocab is not None and theirs is not None and theirs != vocab:
             raise ValueError(f"vocabulary sizes differ: {vocab} in {base.folder / 'config.json'}, {theirs} in "
                              f"{m.folder / 'config.json'}; merge only models that share one vocabulary")
+        _check_same_tokens(tokens, token_ids(m.folder))
         extra = [n for n in m if n not in base]
         missing = [n for n in base if n not in m]
         if missing:
@@ -97,6 +101,63 @@ def check_layouts(base: Checkpoint, models: Sequence[Checkpoint]) -> None:
             if m.dtype(n) != base.dtype(n):
                 raise ValueError(f"dtype mismatch at tensor {n!r}: {base.dtype(n)} in {base.file_of(n)}, "
                                  f"{m.dtype(n)} in {m.file_of(n)}")
+
+
+#: The tokenizer files :func:`token_ids` reads, in the order it tries them (the first one a folder has wins).
+TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "vocab.txt")
+
+
+def token_ids(folder: Path) -> tuple[Path, dict[str, int]] | None:
+    """The token -> id map of the tokenizer saved in ``folder``, and the file it came from; None if it has none.
+
+    ``tokenizer.json`` (a fast tokenizer: its model's vocabulary and its
+    added tokens), else ``vocab.json`` (GPT-2's BPE), else ``vocab.txt``
+    (WordPiece: the line number is the id). Two models whose maps differ
+    give the same embedding row to different tokens, and their merge reads
+    garbage for those tokens, even when the vocabulary sizes agree.
+
+    Not called in a notebook: ``lsedu merge`` (and ``--plan``) compare every model's with the base's before merging;
+    see the appendix (appendix_streaming_merge.ipynb).
+    """
+    for name in TOKENIZER_FILES:
+        path = folder / name
+        if not path.is_file():
+            continue
+        try:
+            if name == "vocab.txt":
+                return path, {tok: i for i, tok in enumerate(path.read_text(encoding="utf-8").splitlines())}
+            data = json.loads(path.read_bytes().decode("utf-8"))
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{path}: not a readable tokenizer file ({e})") from e
+        if name == "vocab.json":
+            ids = data
+        else:
+            vocab = (data.get("model") or {}).get("vocab") if isinstance(data, dict) else None
+            if isinstance(vocab, list):  # Unigram: [[piece, score], ...], the position is the id
+                vocab = {piece[0]: i for i, piece in enumerate(vocab) if isinstance(piece, list) and piece}
+            ids = dict(vocab) if isinstance(vocab, dict) else {}
+            added = data.get("added_tokens") if isinstance(data, dict) else None
+            for t in added if isinstance(added, list) else []:
+                if isinstance(t, dict) and "content" in t and "id" in t:
+                    ids[t["content"]] = t["id"]
+        if not isinstance(ids, dict) or not ids:
+            raise ValueError(f"{path}: holds no token -> id map")
+        return path, ids
+    return None
+
+
+def _check_same_tokens(base: tuple[Path, dict[str, int]] | None, model: tuple[Path, dict[str, int]] | None) -> None:
+    """One line naming the first token whose id differs between two tokenizers, with how many differ in all."""
+    if base is None or model is None:
+        return  # nothing to compare: the vocabulary size and the embedding shapes are still checked
+    (bpath, b), (mpath, m) = base, model
+    differ = sorted(t for t in b.keys() | m.keys() if b.get(t) != m.get(t))
+    if differ:
+        t = differ[0]
+        where = lambda ids: "absent" if t not in ids else f"id {ids[t]}"  # noqa: E731
+        raise ValueError(f"tokenizers differ: token {t!r} is {where(b)} in {bpath} and {where(m)} in {mpath} "
+                         f"({len(differ)} token(s) differ); their embedding rows mean different tokens, so the merge "
+                         f"would mix them: merge only models that share the base's tokenizer")
 
 
 def _vocab_size(c: Checkpoint) -> int | None:
