@@ -103,14 +103,19 @@ def strip_cell(source: str, cell_type: str, where: str) -> tuple[str, bool]:
     return (text.rstrip("\n") if not source.endswith("\n") else text), had_solution
 
 
-def student_notebook(nb, path="notebook"):
+def student_notebook(nb, path="notebook", *, keep_outputs: bool = False):
     """A copy of ``nb`` without solutions, hidden tests or outputs (``path`` only names it in errors).
+
+    With ``keep_outputs=True`` the outputs of the cells that held no solution
+    stay (an executed notebook, for the solution-free site); a cell that held
+    a solution or hidden tests loses its outputs, which could show them.
 
     Not called in a notebook: the course tools (``lsedu student-edition``, ``lsedu grade``) use it; see the
     book's page For teachers (book/teaching.md).
     """
     nb = copy.deepcopy(nb)
     for i, cell in enumerate(nb.cells):
+        before = cell.source
         cell.source, had_solution = strip_cell(cell.source, cell.cell_type, _cell_name(path, i, cell))
         if had_solution:
             tags = [t for t in cell.metadata.get("tags", []) if t != "hide-input"]
@@ -118,7 +123,7 @@ def student_notebook(nb, path="notebook"):
                 cell.metadata["tags"] = tags
             else:
                 cell.metadata.pop("tags", None)
-        if cell.cell_type == "code":
+        if cell.cell_type == "code" and (not keep_outputs or cell.source != before):
             cell.outputs, cell.execution_count = [], None
         cell.metadata.pop("execution", None)
         cell.metadata.pop("collapsed", None)
@@ -199,6 +204,67 @@ def student_edition(src_dir, out_dir, *, overwrite: bool = False) -> list[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return written
+
+
+#: The book's own files that a solution-free build copies (the notebooks are written, book/js is linked).
+BOOK_FILES = ("_config.yml", "_toc.yml")
+
+
+def solution_free_book(root, out_dir, *, executed=None, overwrite: bool = False) -> Path:
+    """Write a copy of the book's sources at ``root`` whose notebooks hold no solution, ready to build; return it.
+
+    The notebooks are the student edition (:func:`student_notebook`) of
+    ``executed``'s notebooks (``jupyter-book``'s executed copies, e.g.
+    ``_build/jupyter_execute``) with their outputs and glue kept, or of
+    ``root/notebooks`` without outputs. The book's pages, table of contents
+    and bibliography are copied as they are, ``book/js`` (the offline
+    scripts) is linked, and ``_config.yml`` turns execution off: the site
+    shows the run that made ``executed`` and runs nothing, so the stubs never
+    execute. The copy is written next to ``out_dir`` and renamed into place.
+    ``bash scripts/book.sh --no-solutions`` builds it.
+
+    Not called in a notebook: the course tools use it; see the book's page For teachers (book/teaching.md).
+    """
+    import yaml
+
+    root, out = Path(root).resolve(), Path(out_dir).resolve()
+    if not (root / "_toc.yml").is_file():
+        raise CourseError(f"{root} is not the book's folder: it has no _toc.yml")
+    if _inside(root, out):
+        raise CourseError(f"the output folder {out_dir} contains the book's folder {root}")
+    if out.exists() and not overwrite:
+        raise CourseError(f"{out_dir} already exists (pass --overwrite to replace it)")
+    source = Path(executed).resolve() / "notebooks" if executed is not None else root / "notebooks"
+    notebooks = sorted((root / "notebooks").glob("*.ipynb"))
+    missing = [p.name for p in notebooks if not (source / p.name).is_file()]
+    if missing:
+        raise CourseError(f"{source} lacks the executed notebook(s) {missing}: build the book first "
+                          f"(bash scripts/book.sh)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        for name in BOOK_FILES:
+            shutil.copy2(root / name, tmp / name)
+        (tmp / "book").mkdir()
+        for f in (root / "book").iterdir():
+            if f.name == "js":
+                (tmp / "book" / "js").symlink_to(f, target_is_directory=True)
+            elif f.is_file():
+                shutil.copy2(f, tmp / "book" / f.name)
+        (tmp / "notebooks").mkdir()
+        for p in notebooks:
+            nb = student_notebook(_read(source / p.name), f"notebooks/{p.name}", keep_outputs=executed is not None)
+            with open(tmp / "notebooks" / p.name, "w", encoding="utf-8") as f:
+                nbformat.write(nb, f)
+        config = yaml.safe_load((root / "_config.yml").read_text())
+        config["execute"]["execute_notebooks"] = "off"
+        config["title"] = f"{config.get('title', 'lsedu')} (without solutions)"
+        (tmp / "_config.yml").write_text(yaml.safe_dump(config, sort_keys=False))
+        _replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
 
 
 def _replace_dir(new: Path, target: Path) -> None:

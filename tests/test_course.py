@@ -82,6 +82,41 @@ def test_student_edition_of_the_book_notebooks(tmp_path):
     _assert_student_edition_clean(ROOT / "notebooks", tmp_path / "student")
 
 
+def test_an_executed_notebook_keeps_its_outputs_except_where_a_solution_was(tmp_path):
+    """keep_outputs=True (the solution-free site): outputs stay on the cells that held nothing secret."""
+    nb = nbformat.read(SOURCE / "course.ipynb", as_version=4)
+    shown = nbformat.v4.new_output("stream", name="stdout", text="shown\n")
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            cell.outputs, cell.execution_count = [shown], 1
+    out = course.student_notebook(nb, keep_outputs=True)
+    for a, b in zip(nb.cells, out.cells):
+        if b.cell_type != "code":
+            continue
+        secret = bool(MARKER.search(a.source))
+        assert (b.outputs == []) == secret, a.source[:60]  # a solution's or hidden test's output could show it
+    assert any(b.outputs for b in out.cells if b.cell_type == "code")
+    assert all(b.outputs == [] for b in course.student_notebook(nb).cells if b.cell_type == "code")
+
+
+def test_solution_free_book_sources(tmp_path):
+    out = course.solution_free_book(ROOT, tmp_path / "src")
+    import yaml
+
+    assert yaml.safe_load((out / "_config.yml").read_text())["execute"]["execute_notebooks"] == "off"
+    assert (out / "_toc.yml").read_text() == (ROOT / "_toc.yml").read_text()
+    assert (out / "book" / "js").is_symlink() and (out / "book" / "glossary.md").is_file()
+    assert sorted(p.name for p in (out / "notebooks").glob("*.ipynb")) == [p.name for p in REAL]
+    _assert_student_edition_clean(ROOT / "notebooks", out / "notebooks")
+    with pytest.raises(CourseError, match="already exists"):
+        course.solution_free_book(ROOT, out)
+    with pytest.raises(CourseError, match="has no _toc.yml"):
+        course.solution_free_book(tmp_path, tmp_path / "other")
+    with pytest.raises(CourseError, match="lacks the executed notebook"):
+        course.solution_free_book(ROOT, tmp_path / "x", executed=tmp_path / "nothing-built")
+    assert not list(tmp_path.glob(".*"))  # no temporary folder left behind
+
+
 @pytest.mark.parametrize("source, words", [
     ("def f():\n    ### BEGIN SOLUTION\n    return 1\n", "BEGIN SOLUTION has no matching END SOLUTION"),
     ("def f():\n    return 1\n    ### END SOLUTION\n", "closes SOLUTION but there is no open region"),

@@ -295,3 +295,65 @@ def test_every_notebook_is_in_the_table_of_contents():
     listed = {p.removesuffix(".html") for p in _toc_pages()}
     notebooks = {f"notebooks/{p.stem}" for p in (ROOT / "notebooks").glob("*.ipynb")}
     assert notebooks <= listed, f"notebooks missing from _toc.yml: {sorted(notebooks - listed)}"
+
+
+
+def _solution_lines() -> dict[str, list[str]]:
+    """Per notebook, the distinctive lines of its solutions and hidden tests (the text a student must not see)."""
+    out = {}
+    for p in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        lines, inside = [], False
+        for cell in json.loads(p.read_text())["cells"]:
+            for line in "".join(cell["source"]).splitlines():
+                if "### BEGIN SOLUTION" in line or "### BEGIN HIDDEN TESTS" in line:
+                    inside = True
+                elif "### END SOLUTION" in line or "### END HIDDEN TESTS" in line:
+                    inside = False
+                elif inside and len(line.strip()) > 25:
+                    lines.append(line.strip())
+        if lines:
+            out[p.name] = lines
+    return out
+
+
+def _page_text(path: Path) -> str:
+    """What a page shows as text: tags removed (code is highlighted token by token), entities decoded."""
+    import html
+    import re
+
+    return html.unescape(re.sub(r"<[^>]+>", "", path.read_text()))
+
+
+def _leaks(site: Path, secret: dict[str, list[str]]) -> list[tuple[str, str]]:
+    text = {p: _page_text(p) for p in site.rglob("*.html")}
+    return [(str(p.relative_to(site)), line) for lines in secret.values() for line in lines
+            for p, t in text.items() if line in t]
+
+
+def test_the_solution_free_site_has_no_solution_text(tmp_path, site):
+    """``scripts/book.sh --no-solutions``'s second build, here of the chapters with exercises and without executing
+    anything (the sources alone): their pages build, and no line of a solution or hidden test is on any page, while
+    the same detector finds them on the book as published (in its toggles)."""
+    from lsedu.course import solution_free_book
+
+    secret = _solution_lines()
+    assert len(secret) >= 4 and sum(map(len, secret.values())) > 20
+    assert _leaks(site, secret), "the detector finds no solution on the published site: it cannot find a leak"
+    src = solution_free_book(ROOT, tmp_path / "src")
+    config = yaml.safe_load((src / "_config.yml").read_text())
+    assert config["execute"]["execute_notebooks"] == "off"
+    # Only the chapters with exercises, to keep the test short: their links to the other pages cannot resolve, so
+    # this build does not turn warnings into errors (scripts/book.sh --no-solutions builds every page with -W).
+    toc = {"format": "jb-book", "root": "book/intro",
+           "chapters": [{"file": f"notebooks/{name.removesuffix('.ipynb')}"} for name in secret]}
+    (src / "_toc.yml").write_text(yaml.safe_dump(toc, sort_keys=False))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "MPLBACKEND": "Agg"}
+    build = subprocess.run([str(Path(sys.executable).parent / "jupyter-book"), "build", "--all", str(src),
+                            "--path-output", str(tmp_path / "out")],
+                           env=env, capture_output=True, text=True, timeout=30 * 60)
+    assert build.returncode == 0, f"the build failed:\n{build.stdout[-4000:]}\n{build.stderr[-4000:]}"
+    html = tmp_path / "out" / "_build" / "html"
+    for name in secret:
+        assert (html / "notebooks" / name.replace(".ipynb", ".html")).is_file(), name
+    leaks = _leaks(html, secret)
+    assert not leaks, f"solution text on the solution-free site: {leaks[:3]}"
