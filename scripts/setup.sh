@@ -17,8 +17,25 @@ command -v "$PYTHON" >/dev/null 2>&1 || die "no '$PYTHON' on PATH. Install Pytho
 "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 10))' \
   || die "$("$PYTHON" --version 2>&1) is too old: lsedu needs Python 3.10 or newer. Set PYTHON=/path/to/python3.1x."
 
-# A system package, installed with apt when we are root (or have sudo), else a clear instruction.
-need_system_package() {  # need_system_package DEBIAN_PACKAGE WHAT_FOR
+# Where a data package goes on a machine without root (lsedu.zoo.assets.debian_root reads the same place).
+DEBIAN_ROOT=${LSEDU_DEBIAN_ROOT:-$HOME/.local/share/lsedu/debian}
+have_data() { [ -f "$1" ] || [ -f "$DEBIAN_ROOT$1" ]; }  # have_data /usr/share/...: installed, or unpacked there
+
+# Without root: download a package's .deb (apt-get download needs no root) and unpack its files under DEBIAN_ROOT.
+unpack_without_root() {  # unpack_without_root DEBIAN_PACKAGE
+  local pkg=$1 tmp rc
+  command -v dpkg-deb >/dev/null 2>&1 || return 1
+  tmp=$(mktemp -d) || return 1
+  ( cd "$tmp" && apt-get download -q "$pkg" >/dev/null 2>&1 ) && mkdir -p "$DEBIAN_ROOT" \
+    && dpkg-deb -x "$tmp/${pkg}"_*.deb "$DEBIAN_ROOT"
+  rc=$?
+  rm -rf "$tmp"
+  return $rc
+}
+
+# A system package, installed with apt when we are root (or have sudo); a data package (third argument "data") is
+# otherwise unpacked without root; else a clear instruction.
+need_system_package() {  # need_system_package DEBIAN_PACKAGE WHAT_FOR [data]
   local pkg=$1 why=$2
   if command -v apt-get >/dev/null 2>&1; then
     if [ "$(id -u)" = 0 ]; then
@@ -27,6 +44,10 @@ need_system_package() {  # need_system_package DEBIAN_PACKAGE WHAT_FOR
     elif sudo -n true 2>/dev/null; then
       say "installing the system package $pkg with sudo ($why)"
       { sudo apt-get install -y -q "$pkg" || { sudo apt-get update -q && sudo apt-get install -y -q "$pkg"; }; } >/dev/null && return 0
+    fi
+    if [ "${3:-}" = data ] && [ "$(id -u)" != 0 ] && unpack_without_root "$pkg"; then
+      say "unpacked the data package $pkg into $DEBIAN_ROOT, without root ($why)"
+      return 0
     fi
     die "the system package '$pkg' is needed ($why) and cannot be installed without root. Ask an administrator to run: sudo apt-get install $pkg"
   fi
@@ -44,11 +65,12 @@ fi
 
 # The laptop track's data from Debian packages (book/sources.md lists each with its licence): quotes by topic and noun
 # definitions by category (text tasks), Fashion-MNIST (an image task).
-[ -f /usr/share/games/fortunes/science ] || need_system_package "fortunes" "quotes by topic, a text task"
-[ -f /usr/share/games/fortunes/fortunes ] || need_system_package "fortunes-min" "quotes by topic, a text task"
-[ -f /usr/share/wordnet/data.noun ] || need_system_package "wordnet-base" "noun definitions by category, a text task"
-[ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] \
-  || need_system_package "dataset-fashion-mnist" "Fashion-MNIST, an image task"
+# Without root they are unpacked under $DEBIAN_ROOT instead (book/teaching.md).
+have_data /usr/share/games/fortunes/science || need_system_package "fortunes" "quotes by topic, a text task" data
+have_data /usr/share/games/fortunes/fortunes || need_system_package "fortunes-min" "quotes by topic, a text task" data
+have_data /usr/share/wordnet/data.noun || need_system_package "wordnet-base" "noun definitions by category, a text task" data
+have_data /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz \
+  || need_system_package "dataset-fashion-mnist" "Fashion-MNIST, an image task" data
 
 extras=$(printf '%s\n' "$@" | sort -u | paste -sd, -)
 has_extra() { case ",$extras," in *",$1,"*) return 0;; esac; return 1; }

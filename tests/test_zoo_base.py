@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -18,6 +19,8 @@ from lsedu import zoo
 from lsedu.zoo import assets as assets_mod
 from lsedu.zoo.base import ClassificationSetup, FinetuneConfig, HeadConfig, Split, TaskData, split_fixed
 from lsedu.zoo.cache import cached, config_key, entry_paths, load_cached
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(autouse=True)
@@ -128,6 +131,37 @@ def test_missing_file_asset_names_the_path(tmp_path):
     a = assets_mod.Asset("debian-data", str(tmp_path / "nope.txt"), "sudo apt-get install something", "BSD", "a test")
     with pytest.raises(zoo.AssetMissing, match="nope.txt.*\n.*sudo apt-get install something"):
         a.locate()
+
+
+def test_a_debian_file_unpacked_without_root_is_found(tmp_path, monkeypatch):
+    """scripts/setup.sh without root unpacks a data package under LSEDU_DEBIAN_ROOT; the asset is read from there,
+    checked like the system's copy, and the system's copy wins when there is one."""
+    system = tmp_path / "sys" / "usr" / "share" / "wordnet" / "data.noun"  # stands for /usr/share/wordnet/data.noun
+    root = tmp_path / "unpacked"
+    unpacked = root / system.relative_to(system.anchor)
+    unpacked.parent.mkdir(parents=True)
+    unpacked.write_text("noun data")
+    a = assets_mod.Asset("wn", str(system), "sudo apt-get install wordnet-base", "WordNet", "a test",
+                         sha256=assets_mod.sha256_file(unpacked))
+    monkeypatch.setenv("LSEDU_DEBIAN_ROOT", str(root))
+    assert a.verified() == unpacked
+    system.parent.mkdir(parents=True)
+    system.write_text("noun data")
+    assert a.locate() == system
+    monkeypatch.setenv("LSEDU_DEBIAN_ROOT", str(tmp_path / "empty"))
+    system.unlink()
+    with pytest.raises(zoo.AssetMissing, match=r"Without root, scripts/setup.sh unpacks the Debian package into "
+                                               r".*empty \(LSEDU_DEBIAN_ROOT\)"):
+        a.locate()
+    monkeypatch.delenv("LSEDU_DEBIAN_ROOT")
+    assert assets_mod.debian_root() == Path.home() / ".local" / "share" / "lsedu" / "debian"
+
+
+def test_setup_unpacks_a_data_package_where_lsedu_looks(tmp_path):
+    """setup.sh's place for unpacked packages is debian_root's (one default in two languages, checked here)."""
+    text = (ROOT / "scripts" / "setup.sh").read_text()
+    assert 'DEBIAN_ROOT=${LSEDU_DEBIAN_ROOT:-$HOME/.local/share/lsedu/debian}' in text
+    assert text.count(" data\n") >= 4  # the four Debian data packages may be unpacked without root
 
 
 def test_corrupt_asset_is_refused(tmp_path):

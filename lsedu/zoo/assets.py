@@ -36,6 +36,17 @@ class AssetCorrupt(ValueError):
     """
 
 
+def debian_root() -> Path:
+    """Where a Debian data package unpacked without root lives: ``$LSEDU_DEBIAN_ROOT``, by default
+    ``~/.local/share/lsedu/debian``. An absolute asset path such as ``/usr/share/wordnet/data.noun`` that is not on
+    the system is looked for under it (``DEBIAN_ROOT/usr/share/wordnet/data.noun``).
+
+    Not called in a notebook: the asset checks use it, and ``scripts/setup.sh`` unpacks there on a machine
+    without root; see the book's page For teachers (book/teaching.md).
+    """
+    return Path(os.environ.get("LSEDU_DEBIAN_ROOT") or Path.home() / ".local" / "share" / "lsedu" / "debian")
+
+
 @dataclass(frozen=True)
 class Asset:
     """One file the book reads: where it lives, how to get it, and what it must hash to.
@@ -67,12 +78,18 @@ class Asset:
             p = Path(next(iter(spec.submodule_search_locations))) / self.path
         else:
             p = Path(self.path)
+            unpacked = debian_root() / p.relative_to(p.anchor)
+            if not p.exists() and unpacked.exists():  # a Debian package unpacked without root (scripts/setup.sh)
+                p = unpacked
         if not p.exists():
             raise AssetMissing(self._missing(f"{p} does not exist"))
         return p
 
     def _missing(self, why: str) -> str:
         msg = f"asset '{self.name}' ({self.source}) is missing: {why}. Install it with:\n    {self.install}"
+        if self.package is None:
+            msg += (f"\nWithout root, scripts/setup.sh unpacks the Debian package into {debian_root()} "
+                    "(LSEDU_DEBIAN_ROOT), where lsedu looks too")
         if self.hub:
             msg += f"\nWith internet access the same thing is on the Hugging Face hub: {self.hub}"
         return msg
